@@ -1,0 +1,324 @@
+//! Subcommands: argument structs (clap) and the one library call each makes.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use mura_data::synth::{SynthConfig, generate};
+use mura_data::{
+    BodyPart, Dataset, IndexOptions, Indexed, Loader, LoaderConfig, Manifest, Role, SplitConfig,
+    image_sizes, index, k_fold, stats, train_val_test,
+};
+
+/// mura: train, evaluate and explain abnormality classifiers for musculoskeletal radiographs (MURA).
+#[derive(Debug, Parser)]
+#[command(name = "mura", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the inspection table of a MURA copy: images per body part × label, studies, views
+    /// per study, and (with --sizes) image sizes read from file headers.
+    Stats(StatsArgs),
+    /// Split a MURA copy into train/val (patient-grouped, stratified by body part × label) with the
+    /// official valid set as test, or into k folds; write the manifest CSV.
+    Split(SplitArgs),
+    /// Write a synthetic MURA-v1.1 tree (CSVs and PNGs) with learnable abnormalities.
+    Synth(SynthArgs),
+    /// The main job on the built-in synthetic data: generate it if absent, index, inspect, split,
+    /// and stream the training images through the loader.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct IndexArgs {
+    /// The folder holding MURA-v1.1/ (or MURA-v1.1/ itself).
+    root: PathBuf,
+    /// Fail on any skipped entry (macOS ._ side files, .DS_Store, stray files) instead of counting it.
+    #[arg(long)]
+    strict: bool,
+    /// Trust the CSVs without checking that every listed image exists (for CSV-only copies).
+    #[arg(long)]
+    csv_only: bool,
+}
+
+impl IndexArgs {
+    fn index(&self) -> Result<Indexed> {
+        let options = IndexOptions {
+            strict: self.strict,
+            check_files: !self.csv_only,
+        };
+        let indexed = index(&self.root, &options)?;
+        Ok(indexed)
+    }
+}
+
+#[derive(Debug, Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    index: IndexArgs,
+    /// Also read every image's size from its header (no pixel decoding).
+    #[arg(long)]
+    sizes: bool,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SplitArgs {
+    #[command(flatten)]
+    index: IndexArgs,
+    /// Where to write the manifest CSV.
+    #[arg(long)]
+    out: PathBuf,
+    /// Share of the official train images that go to validation (0.2 = 80/20, 0.1 = 90/10).
+    #[arg(long, default_value_t = 0.2)]
+    val_fraction: f64,
+    /// Seed of the split: the same seed and data give the same manifest.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write a stratified group k-fold assignment of the official train set instead.
+    #[arg(long)]
+    folds: Option<usize>,
+    /// Keep only these body parts (elbow, finger, forearm, hand, humerus, shoulder, wrist); repeatable.
+    #[arg(long = "body-part")]
+    body_parts: Vec<BodyPart>,
+}
+
+#[derive(Debug, Args)]
+struct SynthArgs {
+    /// Folder to create MURA-v1.1/ in.
+    out: PathBuf,
+    /// Number of studies (train and valid together).
+    #[arg(long, default_value_t = 2000)]
+    studies: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Longer side of the images in pixels (MURA's is 512).
+    #[arg(long, default_value_t = 512)]
+    size: u32,
+    /// Share of patients in the official valid split.
+    #[arg(long, default_value_t = 0.12)]
+    valid_fraction: f64,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Working folder: the synthetic data goes to OUT/data, the manifest to OUT/split.csv.
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+    /// Number of synthetic studies.
+    #[arg(long, default_value_t = 600)]
+    studies: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Loader threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Stats(a) => cmd_stats(&a),
+        Command::Split(a) => cmd_split(&a),
+        Command::Synth(a) => cmd_synth(&a),
+        Command::Demo(a) => cmd_demo(&a),
+    }
+}
+
+fn report_skips(indexed: &Indexed) {
+    for (reason, n) in indexed.skip_counts() {
+        eprintln!("skipped {n} entries: {reason}");
+    }
+}
+
+fn cmd_stats(a: &StatsArgs) -> Result<()> {
+    let indexed = a.index.index()?;
+    let mut s = stats(&indexed.dataset);
+    if a.sizes {
+        s.sizes = Some(image_sizes(&indexed.dataset));
+    }
+    if a.json {
+        let skipped: Vec<_> = indexed.skip_counts();
+        let value = serde_json::json!({
+            "source": indexed.source,
+            "stats": s,
+            "skipped": skipped.iter().map(|(r, n)| serde_json::json!({"reason": r, "count": n})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        report_skips(&indexed);
+        print!("{s}");
+    }
+    Ok(())
+}
+
+fn split_summary(manifest: &Manifest) -> String {
+    use std::collections::BTreeMap;
+    let mut counts: BTreeMap<(BodyPart, bool), BTreeMap<String, usize>> = BTreeMap::new();
+    for e in &manifest.entries {
+        let key = match e.fold {
+            Some(f) => format!("fold {f}"),
+            None => e.role.to_string(),
+        };
+        *counts
+            .entry(e.record.stratum())
+            .or_default()
+            .entry(key)
+            .or_default() += 1;
+    }
+    let mut out = String::new();
+    for ((part, label), per) in counts {
+        let cells: Vec<String> = per.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        out.push_str(&format!(
+            "  {:<12} {} {}\n",
+            part.folder(),
+            u8::from(label),
+            cells.join(", ")
+        ));
+    }
+    out
+}
+
+fn cmd_split(a: &SplitArgs) -> Result<()> {
+    let indexed = a.index.index()?;
+    report_skips(&indexed);
+    let dataset = indexed.dataset.body_parts(&a.body_parts);
+    let manifest = match a.folds {
+        Some(k) => k_fold(&dataset, k, a.seed)?,
+        None => train_val_test(
+            &dataset,
+            &SplitConfig {
+                val_fraction: a.val_fraction,
+                seed: a.seed,
+            },
+        )?,
+    };
+    manifest.check_patients()?;
+    manifest.save(&a.out)?;
+    println!(
+        "wrote {} ({} images); images per body part × label:",
+        a.out.display(),
+        manifest.entries.len()
+    );
+    print!("{}", split_summary(&manifest));
+    Ok(())
+}
+
+fn cmd_synth(a: &SynthArgs) -> Result<()> {
+    let t = Instant::now();
+    let summary = generate(
+        &a.out,
+        &SynthConfig {
+            studies: a.studies,
+            seed: a.seed,
+            max_side: a.size,
+            valid_fraction: a.valid_fraction,
+            ..SynthConfig::default()
+        },
+    )?;
+    println!(
+        "wrote {}/MURA-v1.1: {} images, {} studies ({} abnormal), {} patients, {} RGB and {} 16-bit files, in {:.1}s",
+        a.out.display(),
+        summary.images,
+        summary.studies,
+        summary.abnormal_studies,
+        summary.patients,
+        summary.rgb_images,
+        summary.sixteen_bit_images,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn ensure_synthetic(data: &Path, studies: usize, seed: u64) -> Result<()> {
+    if data.join(mura_data::DATASET_DIR).exists() {
+        println!("using the synthetic data set in {}", data.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    let t = Instant::now();
+    let s = generate(
+        data,
+        &SynthConfig {
+            studies,
+            seed,
+            ..SynthConfig::default()
+        },
+    )?;
+    println!(
+        "generated a synthetic MURA in {}: {} images, {} studies, in {:.1}s",
+        data.display(),
+        s.images,
+        s.studies,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn cmd_demo(a: &DemoArgs) -> Result<()> {
+    let data = a.out.join("data");
+    ensure_synthetic(&data, a.studies, a.seed)?;
+    let indexed = index(&data, &IndexOptions::default())?;
+    report_skips(&indexed);
+    print!("{}", stats(&indexed.dataset));
+    let manifest = train_val_test(
+        &indexed.dataset,
+        &SplitConfig {
+            val_fraction: 0.2,
+            seed: a.seed,
+        },
+    )?;
+    manifest.check_patients()?;
+    let manifest_path = a.out.join("split.csv");
+    manifest.save(&manifest_path)?;
+    println!(
+        "split (no patient in two roles) written to {}",
+        manifest_path.display()
+    );
+    print!("{}", split_summary(&manifest));
+    stream_train_images(&indexed.dataset, &manifest, a)?;
+    println!(
+        "model training on this split arrives with the mura-train crate; the data pipeline above is complete"
+    );
+    Ok(())
+}
+
+fn stream_train_images(dataset: &Dataset, manifest: &Manifest, a: &DemoArgs) -> Result<()> {
+    let files: Vec<PathBuf> = manifest
+        .role(Role::Train)
+        .map(|r| r.file(dataset.base()))
+        .collect();
+    if files.is_empty() {
+        bail!("the split has no training images");
+    }
+    let loader = Loader::new(
+        files,
+        LoaderConfig {
+            threads: a.threads,
+            seed: a.seed,
+            ..LoaderConfig::default()
+        },
+    )?;
+    let t = Instant::now();
+    let mut pixels = 0u64;
+    let mut n = 0usize;
+    for sample in loader.epoch(0) {
+        let sample = sample?;
+        pixels += sample.value.pixels.len() as u64;
+        n += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "streamed {n} training images ({:.1} Mpixels) through the loader on {} threads: {:.0} images/s",
+        pixels as f64 / 1e6,
+        a.threads,
+        n as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}

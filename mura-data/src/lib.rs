@@ -1,0 +1,57 @@
+#![doc = include_str!("../README.md")]
+
+mod dataset;
+mod error;
+mod index;
+pub mod loader;
+mod record;
+pub mod rng;
+mod split;
+mod stats;
+pub mod synth;
+mod weights;
+
+pub use dataset::{Dataset, Study};
+pub use error::DataError;
+pub use index::{
+    DATASET_DIR, IndexOptions, IndexSource, Indexed, SkipReason, Skipped, index, locate,
+};
+pub use loader::{ColorMode, DecodedImage, Loader, LoaderConfig, Sample, decode_file};
+pub use record::{BodyPart, ImageRecord, PatientKey, Split, UnknownBodyPart};
+pub use split::{
+    MANIFEST_HEADER, Manifest, ManifestEntry, Role, SplitConfig, k_fold, train_val_test,
+};
+pub use stats::{ImageSizes, PartCounts, SplitStats, Stats, image_sizes, stats};
+pub use weights::{ClassWeights, balanced as balanced_weights, paper as paper_weights};
+
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, flushed and renamed, so a
+/// crash leaves either the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    let err = |source: std::io::Error| DataError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    Ok(())
+}

@@ -1,0 +1,532 @@
+//! Patient-grouped, stratified splits and k-fold assignments, and the manifest that records them.
+//!
+//! Strata are body part × label; groups are patients. No patient is ever in two parts of a split,
+//! and each stratum's share of every part is as close to its target fraction as the patients allow.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rng::{shuffle, stream_rng};
+use crate::{BodyPart, DataError, Dataset, ImageRecord, PatientKey, Split};
+
+/// The role an image plays in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Train,
+    Val,
+    Test,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Train => "train",
+            Role::Val => "val",
+            Role::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "train" => Ok(Role::Train),
+            "val" => Ok(Role::Val),
+            "test" => Ok(Role::Test),
+            other => Err(format!("role {other:?} is not train, val or test")),
+        }
+    }
+}
+
+/// How to split the official train set into train and validation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitConfig {
+    /// Fraction of the official train set's images that go to validation (0.2 for 80/20, 0.1 for
+    /// 90/10), balanced per body part × label.
+    pub val_fraction: f64,
+    pub seed: u64,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            val_fraction: 0.2,
+            seed: 0,
+        }
+    }
+}
+
+/// Number of strata: 7 body parts × 2 labels.
+const STRATA: usize = 14;
+
+fn stratum_index(r: &ImageRecord) -> usize {
+    r.body_part.index() * 2 + usize::from(r.label)
+}
+
+/// Patients with their image counts per stratum, in a canonical order.
+fn patient_groups(images: &[&ImageRecord]) -> Vec<(PatientKey, [u32; STRATA])> {
+    let mut groups: BTreeMap<PatientKey, [u32; STRATA]> = BTreeMap::new();
+    for r in images {
+        groups.entry(r.patient_key()).or_insert([0; STRATA])[stratum_index(r)] += 1;
+    }
+    groups.into_iter().collect()
+}
+
+/// Assigns each group to one of `targets.len()` bins so that every stratum's share of each bin is
+/// close to that bin's target fraction.
+///
+/// Greedy placement of the groups (shuffled by `seed`, then largest first), followed by local moves
+/// of single groups while they reduce the squared deviation of the per-stratum fractions. Fully
+/// determined by the inputs and the seed.
+pub(crate) fn assign_groups(groups: &[[u32; STRATA]], targets: &[f64], seed: u64) -> Vec<usize> {
+    let bins = targets.len();
+    let mut totals = [0f64; STRATA];
+    for g in groups {
+        for (t, &c) in totals.iter_mut().zip(g) {
+            *t += f64::from(c);
+        }
+    }
+    // Weight 1/T² makes the cost the squared deviation of *fractions*, so small strata count fully.
+    let weight: Vec<f64> = totals
+        .iter()
+        .map(|&t| if t > 0.0 { 1.0 / (t * t) } else { 0.0 })
+        .collect();
+    // Deviation d[k][s] = n_ks - f_k T_s.
+    let mut dev: Vec<[f64; STRATA]> = targets
+        .iter()
+        .map(|&f| {
+            let mut d = [0.0; STRATA];
+            for (ds, &t) in d.iter_mut().zip(&totals) {
+                *ds = -f * t;
+            }
+            d
+        })
+        .collect();
+    let add_cost = |d: &[f64; STRATA], g: &[u32; STRATA], sign: f64| -> f64 {
+        // Change of sum_s w_s d_s² when adding (sign=1) or removing (sign=-1) g.
+        g.iter()
+            .zip(d)
+            .zip(&weight)
+            .map(|((&c, &ds), &w)| {
+                let c = sign * f64::from(c);
+                w * c * (2.0 * ds + c)
+            })
+            .sum()
+    };
+
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    shuffle(&mut stream_rng(seed, &[0x5350_4c49_54]), &mut order); // "SPLIT"
+    order.sort_by_key(|&i| std::cmp::Reverse(groups[i].iter().sum::<u32>()));
+
+    let mut bin_of = vec![0usize; groups.len()];
+    for &i in &order {
+        let g = &groups[i];
+        let best = (0..bins)
+            .filter(|&k| targets[k] > 0.0)
+            .min_by(|&a, &b| add_cost(&dev[a], g, 1.0).total_cmp(&add_cost(&dev[b], g, 1.0)))
+            .unwrap_or(0);
+        bin_of[i] = best;
+        for (ds, &c) in dev[best].iter_mut().zip(g) {
+            *ds += f64::from(c);
+        }
+    }
+
+    for _pass in 0..100 {
+        let mut improved = false;
+        for &i in &order {
+            let g = &groups[i];
+            let from = bin_of[i];
+            let remove = add_cost(&dev[from], g, -1.0);
+            let mut best: Option<(usize, f64)> = None;
+            for to in (0..bins).filter(|&k| k != from && targets[k] > 0.0) {
+                let delta = remove + add_cost(&dev[to], g, 1.0);
+                if delta < -1e-12 && best.is_none_or(|(_, d)| delta < d) {
+                    best = Some((to, delta));
+                }
+            }
+            if let Some((to, _)) = best {
+                for (s, &c) in g.iter().enumerate() {
+                    dev[from][s] -= f64::from(c);
+                    dev[to][s] += f64::from(c);
+                }
+                bin_of[i] = to;
+                improved = true;
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
+    bin_of
+}
+
+fn check_fraction(what: &'static str, f: f64) -> Result<(), DataError> {
+    if !(f.is_finite() && f > 0.0 && f < 1.0) {
+        return Err(DataError::InvalidConfig {
+            what,
+            reason: format!("{f} is not strictly between 0 and 1"),
+        });
+    }
+    Ok(())
+}
+
+/// Splits a data set for a run: the official `valid` images become the test set, the official
+/// `train` images are split into train and validation by patient, stratified by body part × label.
+pub fn train_val_test(dataset: &Dataset, config: &SplitConfig) -> Result<Manifest, DataError> {
+    check_fraction("validation fraction", config.val_fraction)?;
+    let train: Vec<&ImageRecord> = dataset
+        .images()
+        .iter()
+        .filter(|r| r.split == Split::Train)
+        .collect();
+    let groups = patient_groups(&train);
+    let counts: Vec<[u32; STRATA]> = groups.iter().map(|g| g.1).collect();
+    let bins = assign_groups(
+        &counts,
+        &[1.0 - config.val_fraction, config.val_fraction],
+        config.seed,
+    );
+    let role_of: BTreeMap<PatientKey, Role> = groups
+        .iter()
+        .zip(&bins)
+        .map(|(g, &b)| (g.0, if b == 1 { Role::Val } else { Role::Train }))
+        .collect();
+    let entries = dataset
+        .images()
+        .iter()
+        .map(|r| ManifestEntry {
+            role: match r.split {
+                Split::Valid => Role::Test,
+                Split::Train => role_of
+                    .get(&r.patient_key())
+                    .copied()
+                    .unwrap_or(Role::Train),
+            },
+            fold: None,
+            record: r.clone(),
+        })
+        .collect();
+    Ok(Manifest { entries })
+}
+
+/// Stratified group k-fold over the official train images: every train image gets a fold in
+/// `0..k`, each patient wholly in one fold. Official `valid` images stay the test set.
+pub fn k_fold(dataset: &Dataset, k: usize, seed: u64) -> Result<Manifest, DataError> {
+    if k < 2 {
+        return Err(DataError::InvalidConfig {
+            what: "number of folds",
+            reason: format!("{k} folds: k-fold needs at least 2"),
+        });
+    }
+    let train: Vec<&ImageRecord> = dataset
+        .images()
+        .iter()
+        .filter(|r| r.split == Split::Train)
+        .collect();
+    let groups = patient_groups(&train);
+    if groups.len() < k {
+        return Err(DataError::InvalidConfig {
+            what: "number of folds",
+            reason: format!("{k} folds but only {} patients", groups.len()),
+        });
+    }
+    let counts: Vec<[u32; STRATA]> = groups.iter().map(|g| g.1).collect();
+    let bins = assign_groups(&counts, &vec![1.0 / k as f64; k], seed);
+    let fold_of: BTreeMap<PatientKey, usize> =
+        groups.iter().zip(&bins).map(|(g, &b)| (g.0, b)).collect();
+    let entries = dataset
+        .images()
+        .iter()
+        .map(|r| ManifestEntry {
+            role: if r.split == Split::Valid {
+                Role::Test
+            } else {
+                Role::Train
+            },
+            fold: match r.split {
+                Split::Train => fold_of.get(&r.patient_key()).map(|&f| f as u32),
+                Split::Valid => None,
+            },
+            record: r.clone(),
+        })
+        .collect();
+    Ok(Manifest { entries })
+}
+
+/// One line of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub role: Role,
+    /// The k-fold fold of an official-train image, when the manifest holds folds.
+    pub fold: Option<u32>,
+    pub record: ImageRecord,
+}
+
+/// Exactly which images a run uses and in which role; saved as CSV beside every run.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Manifest {
+    pub entries: Vec<ManifestEntry>,
+}
+
+/// The CSV header of a manifest.
+pub const MANIFEST_HEADER: [&str; 9] = [
+    "role",
+    "fold",
+    "split",
+    "body_part",
+    "patient",
+    "study",
+    "view",
+    "label",
+    "path",
+];
+
+impl Manifest {
+    /// The records with a given role.
+    pub fn role(&self, role: Role) -> impl Iterator<Item = &ImageRecord> {
+        self.entries
+            .iter()
+            .filter(move |e| e.role == role)
+            .map(|e| &e.record)
+    }
+
+    /// For fold `f` of a k-fold manifest: the images of the other folds train, fold `f` validates.
+    pub fn fold_as_val(&self, f: u32) -> Manifest {
+        Manifest {
+            entries: self
+                .entries
+                .iter()
+                .map(|e| ManifestEntry {
+                    role: match (e.role, e.fold) {
+                        (Role::Train, Some(x)) if x == f => Role::Val,
+                        (role, _) => role,
+                    },
+                    fold: e.fold,
+                    record: e.record.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Keeps only the given body parts (all when `parts` is empty).
+    pub fn body_parts(&self, parts: &[BodyPart]) -> Manifest {
+        Manifest {
+            entries: self
+                .entries
+                .iter()
+                .filter(|e| parts.is_empty() || parts.contains(&e.record.body_part))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Checks that no patient has images in two roles (or two folds).
+    pub fn check_patients(&self) -> Result<(), DataError> {
+        let mut seen: BTreeMap<PatientKey, (Role, Option<u32>)> = BTreeMap::new();
+        for e in &self.entries {
+            let here = (e.role, e.fold);
+            if let Some(&first) = seen.get(&e.record.patient_key())
+                && first != here
+            {
+                let show = |(r, f): (Role, Option<u32>)| match f {
+                    Some(f) => format!("{r} fold {f}"),
+                    None => r.to_string(),
+                };
+                return Err(DataError::PatientLeak {
+                    patient: format!("{} patient{:05}", e.record.split, e.record.patient),
+                    first: show(first),
+                    second: show(here),
+                });
+            }
+            seen.insert(e.record.patient_key(), here);
+        }
+        Ok(())
+    }
+
+    /// Writes the manifest as CSV (header [`MANIFEST_HEADER`]), atomically: a temporary file in the
+    /// same folder, renamed over the target.
+    pub fn save(&self, path: &Path) -> Result<(), DataError> {
+        let write_err = |e: std::io::Error| DataError::Write {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let csv_err = |e: csv::Error| DataError::Write {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        };
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(MANIFEST_HEADER).map_err(csv_err)?;
+        for e in &self.entries {
+            let r = &e.record;
+            w.write_record([
+                e.role.as_str(),
+                &e.fold.map(|f| f.to_string()).unwrap_or_default(),
+                r.split.folder(),
+                r.body_part.folder(),
+                &r.patient.to_string(),
+                &r.study.to_string(),
+                &r.view.to_string(),
+                if r.label { "1" } else { "0" },
+                &r.path,
+            ])
+            .map_err(csv_err)?;
+        }
+        let bytes = w.into_inner().map_err(|e| write_err(e.into_error()))?;
+        crate::write_atomic(path, &bytes)
+    }
+
+    /// Reads a manifest written by [`Manifest::save`], checking every field (errors name the line)
+    /// and that no patient is in two roles.
+    pub fn load(path: &Path) -> Result<Manifest, DataError> {
+        let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
+        let header = reader.headers().map_err(|e| DataError::Malformed {
+            path: path.to_path_buf(),
+            line: 1,
+            reason: e.to_string(),
+        })?;
+        if header.iter().ne(MANIFEST_HEADER) {
+            return Err(DataError::Malformed {
+                path: path.to_path_buf(),
+                line: 1,
+                reason: format!("header must be {}", MANIFEST_HEADER.join(",")),
+            });
+        }
+        let mut entries = Vec::new();
+        for rec in reader.records() {
+            let rec = rec.map_err(|e| DataError::Malformed {
+                path: path.to_path_buf(),
+                line: e.position().map_or(0, |p| p.line()),
+                reason: e.to_string(),
+            })?;
+            let line = rec.position().map_or(0, |p| p.line());
+            let bad = |reason: String| DataError::Malformed {
+                path: path.to_path_buf(),
+                line,
+                reason,
+            };
+            if rec.len() != MANIFEST_HEADER.len() {
+                return Err(bad(format!(
+                    "expected {} columns, found {}",
+                    MANIFEST_HEADER.len(),
+                    rec.len()
+                )));
+            }
+            let number = |i: usize| -> Result<u32, DataError> {
+                rec[i].parse().map_err(|_| {
+                    bad(format!(
+                        "{} {:?} is not a number",
+                        MANIFEST_HEADER[i], &rec[i]
+                    ))
+                })
+            };
+            let role: Role = rec[0].parse().map_err(bad)?;
+            let fold = if rec[1].is_empty() {
+                None
+            } else {
+                Some(number(1)?)
+            };
+            let split = match &rec[2] {
+                "train" => Split::Train,
+                "valid" => Split::Valid,
+                other => return Err(bad(format!("split {other:?} is neither train nor valid"))),
+            };
+            let body_part: BodyPart = rec[3]
+                .parse()
+                .map_err(|e: crate::UnknownBodyPart| bad(e.to_string()))?;
+            let label = match &rec[7] {
+                "1" => true,
+                "0" => false,
+                other => return Err(bad(format!("label {other:?} is neither 0 nor 1"))),
+            };
+            let entry_path = &rec[8];
+            if entry_path.starts_with('/')
+                || entry_path.contains(':')
+                || entry_path.split(['/', '\\']).any(|c| c == "..")
+            {
+                return Err(DataError::EscapesRoot {
+                    path: path.to_path_buf(),
+                    line,
+                    entry: entry_path.to_string(),
+                });
+            }
+            entries.push(ManifestEntry {
+                role,
+                fold,
+                record: ImageRecord {
+                    split,
+                    body_part,
+                    patient: number(4)?,
+                    study: number(5)?,
+                    view: number(6)?,
+                    label,
+                    path: entry_path.to_string(),
+                },
+            });
+        }
+        let manifest = Manifest { entries };
+        manifest.check_patients()?;
+        Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_land_near_targets() {
+        // 300 patients with 1–6 images in one of three strata.
+        let groups: Vec<[u32; STRATA]> = (0..300)
+            .map(|i| {
+                let mut g = [0; STRATA];
+                g[i % 3] = 1 + (i as u32 * 7) % 6;
+                g
+            })
+            .collect();
+        let bins = assign_groups(&groups, &[0.8, 0.2], 3);
+        for s in 0..3 {
+            let total: u32 = groups.iter().map(|g| g[s]).sum();
+            let val: u32 = groups
+                .iter()
+                .zip(&bins)
+                .filter(|(_, b)| **b == 1)
+                .map(|(g, _)| g[s])
+                .sum();
+            let f = f64::from(val) / f64::from(total);
+            assert!((f - 0.2).abs() < 0.01, "stratum {s}: {f}");
+        }
+        assert_eq!(bins, assign_groups(&groups, &[0.8, 0.2], 3));
+        assert_ne!(bins, assign_groups(&groups, &[0.8, 0.2], 4));
+    }
+
+    #[test]
+    fn bad_fractions_are_refused() {
+        let d = Dataset::new(".".into(), vec![]);
+        for f in [0.0, 1.0, -0.1, f64::NAN] {
+            let cfg = SplitConfig {
+                val_fraction: f,
+                seed: 0,
+            };
+            assert!(matches!(
+                train_val_test(&d, &cfg),
+                Err(DataError::InvalidConfig { .. })
+            ));
+        }
+        assert!(k_fold(&d, 1, 0).is_err());
+        assert!(k_fold(&d, 3, 0).is_err(), "no patients for 3 folds");
+    }
+}

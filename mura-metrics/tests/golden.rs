@@ -1,0 +1,95 @@
+//! Golden values from scikit-learn (`tools/sklearn_golden.py`, output committed under `fixtures/`).
+//! Every value must agree to 1e-9 absolute.
+
+use mura_metrics::{binary_cross_entropy, evaluate, roc_curve};
+use serde::Deserialize;
+
+const TOLERANCE: f64 = 1e-9;
+
+#[derive(Deserialize)]
+struct Golden {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    labels: Vec<u8>,
+    probs: Vec<f64>,
+    threshold: f64,
+    weights: Option<Vec<f64>>,
+    log_loss: f64,
+    roc_auc: f64,
+    accuracy: f64,
+    precision: f64,
+    recall: f64,
+    specificity: f64,
+    f1: f64,
+    kappa: f64,
+    confusion: [u64; 4],
+    roc_fpr: Vec<f64>,
+    roc_tpr: Vec<f64>,
+    roc_thresholds: Vec<f64>,
+}
+
+fn close(name: &str, what: &str, ours: Option<f64>, theirs: f64) {
+    let ours =
+        ours.unwrap_or_else(|| panic!("{name}: {what} is undefined, scikit-learn has {theirs}"));
+    assert!(
+        (ours - theirs).abs() <= TOLERANCE,
+        "{name}: {what} = {ours}, scikit-learn {theirs}"
+    );
+}
+
+fn cases() -> Vec<Case> {
+    let text = include_str!("fixtures/sklearn_golden.json");
+    let golden: Golden = serde_json::from_str(text).expect("fixture parses");
+    assert_eq!(golden.cases.len(), 4);
+    golden.cases
+}
+
+#[test]
+fn report_matches_scikit_learn() {
+    for c in cases() {
+        let y: Vec<bool> = c.labels.iter().map(|&l| l == 1).collect();
+        let r = evaluate(&y, &c.probs, c.threshold).unwrap();
+        let n = &c.name;
+        close(n, "auc", r.auc, c.roc_auc);
+        close(n, "accuracy", r.accuracy, c.accuracy);
+        close(n, "precision", r.precision, c.precision);
+        close(n, "recall", r.recall, c.recall);
+        close(n, "specificity", r.specificity, c.specificity);
+        close(n, "f1", r.f1, c.f1);
+        close(n, "kappa", r.kappa, c.kappa);
+        let m = r.confusion;
+        assert_eq!(
+            [
+                m.true_negative,
+                m.false_positive,
+                m.false_negative,
+                m.true_positive
+            ],
+            c.confusion,
+            "{n}: confusion matrix"
+        );
+        let loss = binary_cross_entropy(&y, &c.probs, c.weights.as_deref()).unwrap();
+        close(n, "log_loss", Some(loss), c.log_loss);
+    }
+}
+
+#[test]
+fn roc_curve_matches_scikit_learn() {
+    for c in cases() {
+        let y: Vec<bool> = c.labels.iter().map(|&l| l == 1).collect();
+        let curve = roc_curve(&y, &c.probs).unwrap().unwrap();
+        assert_eq!(curve.len(), c.roc_fpr.len(), "{}: number of points", c.name);
+        assert!(curve[0].threshold.is_infinite());
+        for (k, p) in curve.iter().enumerate() {
+            close(&c.name, "fpr", Some(p.false_positive_rate), c.roc_fpr[k]);
+            close(&c.name, "tpr", Some(p.true_positive_rate), c.roc_tpr[k]);
+        }
+        for (p, &t) in curve[1..].iter().zip(&c.roc_thresholds) {
+            close(&c.name, "threshold", Some(p.threshold), t);
+        }
+    }
+}
