@@ -27,6 +27,9 @@ enum Command {
     /// Split a MURA copy into train/val (patient-grouped, stratified by body part × label) with the
     /// official valid set as test, or into k folds; write the manifest CSV.
     Split(SplitArgs),
+    /// Decode every image of a MURA copy and report the ones that cannot be read (truncated or
+    /// corrupt files); exits with status 2 if there is any.
+    Check(CheckArgs),
     /// Write a synthetic MURA-v1.1 tree (CSVs and PNGs) with learnable abnormalities.
     Synth(SynthArgs),
     /// The main job on the built-in synthetic data: generate it if absent, index, inspect, split,
@@ -91,6 +94,15 @@ struct SplitArgs {
 }
 
 #[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    index: IndexArgs,
+    /// Decoding threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+#[derive(Debug, Args)]
 struct SynthArgs {
     /// Folder to create MURA-v1.1/ in.
     out: PathBuf,
@@ -126,6 +138,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Stats(a) => cmd_stats(&a),
         Command::Split(a) => cmd_split(&a),
+        Command::Check(a) => cmd_check(&a),
         Command::Synth(a) => cmd_synth(&a),
         Command::Demo(a) => cmd_demo(&a),
     }
@@ -207,6 +220,45 @@ fn cmd_split(a: &SplitArgs) -> Result<()> {
         manifest.entries.len()
     );
     print!("{}", split_summary(&manifest));
+    Ok(())
+}
+
+fn cmd_check(a: &CheckArgs) -> Result<()> {
+    let indexed = a.index.index()?;
+    report_skips(&indexed);
+    let d = &indexed.dataset;
+    let files: Vec<PathBuf> = d.images().iter().map(|r| r.file(d.base())).collect();
+    let loader = Loader::new(
+        files,
+        LoaderConfig {
+            threads: a.threads,
+            shuffle: false,
+            skip_unreadable: true,
+            ..LoaderConfig::default()
+        },
+    )?;
+    let t = Instant::now();
+    let mut epoch = loader.epoch(0);
+    let mut decoded = 0usize;
+    for sample in epoch.by_ref() {
+        sample?;
+        decoded += 1;
+    }
+    for e in epoch.skipped() {
+        eprintln!("unreadable: {e}");
+    }
+    if let Some(first) = epoch.skipped().first() {
+        bail!(
+            "{} of {} images cannot be decoded (first: {first})",
+            epoch.skipped().len(),
+            epoch.len()
+        );
+    }
+    println!(
+        "all {decoded} images decode ({:.0} images/s on {} threads)",
+        decoded as f64 / t.elapsed().as_secs_f64().max(1e-9),
+        a.threads
+    );
     Ok(())
 }
 

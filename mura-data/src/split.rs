@@ -128,7 +128,7 @@ pub(crate) fn assign_groups(groups: &[[u32; STRATA]], targets: &[f64], seed: u64
     };
 
     let mut order: Vec<usize> = (0..groups.len()).collect();
-    shuffle(&mut stream_rng(seed, &[0x5350_4c49_54]), &mut order); // "SPLIT"
+    shuffle(&mut stream_rng(seed, &[0x0053_504c_4954]), &mut order); // "SPLIT"
     order.sort_by_key(|&i| std::cmp::Reverse(groups[i].iter().sum::<u32>()));
 
     let mut bin_of = vec![0usize; groups.len()];

@@ -117,7 +117,8 @@ pub struct ImageSizes {
 
 /// Reads every image's width and height from its header (PNG `IHDR`, JPEG `SOF`), in parallel.
 pub fn image_sizes(dataset: &Dataset) -> ImageSizes {
-    let results: Vec<(PathBuf, Result<(u32, u32), String>)> = dataset
+    type Dims = Result<(u32, u32), String>;
+    let results: Vec<(PathBuf, Dims)> = dataset
         .images()
         .par_iter()
         .map(|r| {

@@ -450,7 +450,7 @@ fn render(
     max_side: u32,
     image_id: u64,
 ) -> (usize, usize, Vec<f32>) {
-    let mut rng = stream_rng(seed, &[0x494d_47, image_id]); // "IMG"
+    let mut rng = stream_rng(seed, &[0x0049_4d47, image_id]); // "IMG"
     let long = max_side.max(16) as usize;
     let short = ((long as f64) * uniform(&mut rng, 0.55, 1.0))
         .round()
@@ -726,7 +726,7 @@ pub fn generate(out: &Path, config: &SynthConfig) -> Result<SynthSummary, DataEr
     }
     let studies = plan(config);
     let mut jobs: Vec<(usize, u32, u64, FileFormat)> = Vec::new();
-    let mut format_rng = stream_rng(config.seed, &[0x464d_54]); // "FMT"
+    let mut format_rng = stream_rng(config.seed, &[0x0046_4d54]); // "FMT"
     for (s, study) in studies.iter().enumerate() {
         for view in 1..=study.views {
             let x = unit(&mut format_rng);
@@ -864,4 +864,69 @@ pub fn write_official_csvs(out: &Path) -> Result<(), DataError> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_follows_mura_rates_and_shapes() {
+        let config = SynthConfig {
+            studies: 30_000,
+            seed: 1,
+            ..SynthConfig::default()
+        };
+        let studies = plan(&config);
+        assert_eq!(studies.len(), 30_000);
+        for (part, _, rate) in PART_MIX {
+            let of_part: Vec<_> = studies.iter().filter(|s| s.part == part).collect();
+            let abnormal = of_part.iter().filter(|s| s.abnormal).count() as f64;
+            let observed = abnormal / of_part.len() as f64;
+            assert!(
+                (observed - rate).abs() < 0.035,
+                "{part}: {observed} vs {rate}"
+            );
+        }
+        let hand = abnormal_rate(BodyPart::Hand);
+        assert!((0.26..0.28).contains(&hand));
+        assert!((0.5..0.53).contains(&abnormal_rate(BodyPart::Shoulder)));
+        // Patients have 1–3 studies, studies 1–4 views, abnormal studies show their finding.
+        let mut per_patient: std::collections::BTreeMap<u32, u32> = Default::default();
+        for s in &studies {
+            *per_patient.entry(s.patient).or_default() += 1;
+            assert!((1..=4).contains(&s.views));
+            assert_eq!(s.finding.is_some(), s.abnormal);
+            assert!(!s.abnormal || s.shown.iter().any(|&v| v));
+        }
+        assert!(per_patient.values().all(|&n| (1..=3).contains(&n)));
+        let valid = studies.iter().filter(|s| s.split == Split::Valid).count() as f64;
+        assert!((valid / 30_000.0 - config.valid_fraction).abs() < 0.02);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let ok = SynthConfig::default();
+        for bad in [
+            SynthConfig { studies: 0, ..ok },
+            SynthConfig { max_side: 8, ..ok },
+            SynthConfig {
+                max_side: 100_000,
+                ..ok
+            },
+            SynthConfig {
+                valid_fraction: f64::NAN,
+                ..ok
+            },
+            SynthConfig {
+                odd_format_fraction: 2.0,
+                ..ok
+            },
+        ] {
+            assert!(
+                matches!(check(&bad), Err(DataError::InvalidConfig { .. })),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Integration tests of mura-data: indexing real-layout trees (good and bad), statistics against
 //! the official counts, splits, manifests, the loader and the synthetic generator.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,16 +35,27 @@ fn tree(dir: &Path) -> PathBuf {
         );
         fs::create_dir_all(dir.join(&folder)).unwrap();
         let entry = csv.entry(split).or_default();
-        entry.1.push_str(&format!("{folder}/,{}\n", u8::from(abnormal)));
+        entry
+            .1
+            .push_str(&format!("{folder}/,{}\n", u8::from(abnormal)));
         for v in 1..=views {
             let img = image::GrayImage::from_fn(12, 9, |x, y| image::Luma([(x * 20 + y) as u8]));
-            img.save(dir.join(format!("{folder}/image{v}.png"))).unwrap();
+            img.save(dir.join(format!("{folder}/image{v}.png")))
+                .unwrap();
             entry.0.push_str(&format!("{folder}/image{v}.png\n"));
         }
     }
     for (split, (images, labels)) in csv {
-        fs::write(dir.join(format!("MURA-v1.1/{split}_image_paths.csv")), images).unwrap();
-        fs::write(dir.join(format!("MURA-v1.1/{split}_labeled_studies.csv")), labels).unwrap();
+        fs::write(
+            dir.join(format!("MURA-v1.1/{split}_image_paths.csv")),
+            images,
+        )
+        .unwrap();
+        fs::write(
+            dir.join(format!("MURA-v1.1/{split}_labeled_studies.csv")),
+            labels,
+        )
+        .unwrap();
     }
     dir.to_path_buf()
 }
@@ -127,12 +140,22 @@ fn side_files_are_skipped_and_counted_or_refused_when_strict() {
         },
     )
     .unwrap_err();
-    assert!(matches!(err, DataError::StrictSkip { reason: SkipReason::SideFile, .. }));
+    assert!(matches!(
+        err,
+        DataError::StrictSkip {
+            reason: SkipReason::SideFile,
+            ..
+        }
+    ));
     assert!(err.to_string().contains("train_image_paths.csv:6"), "{err}");
 
     // Walking counts both kinds.
     fs::remove_file(csv_path(&root, "train_image_paths.csv")).unwrap();
-    for name in ["train_labeled_studies.csv", "valid_image_paths.csv", "valid_labeled_studies.csv"] {
+    for name in [
+        "train_labeled_studies.csv",
+        "valid_image_paths.csv",
+        "valid_labeled_studies.csv",
+    ] {
         fs::remove_file(csv_path(&root, name)).unwrap();
     }
     let walked = index(&root, &IndexOptions::default()).unwrap();
@@ -148,15 +171,33 @@ fn malformed_line_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let root = tree(dir.path());
     let csv = csv_path(&root, "train_image_paths.csv");
-    set_line(&csv, 3, "MURA-v1.1/train/XR_WRIST/patient00001/study2_negative/image1.png,extra");
+    set_line(
+        &csv,
+        3,
+        "MURA-v1.1/train/XR_WRIST/patient00001/study2_negative/image1.png,extra",
+    );
     let err = index(&root, &IndexOptions::default()).unwrap_err();
-    assert!(matches!(err, DataError::Malformed { line: 3, .. }), "{err:?}");
+    assert!(
+        matches!(err, DataError::Malformed { line: 3, .. }),
+        "{err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("train_image_paths.csv:3:") && msg.contains("2"), "{msg}");
+    assert!(
+        msg.contains("train_image_paths.csv:3:") && msg.contains("2"),
+        "{msg}"
+    );
 
-    set_line(&csv, 3, "MURA-v1.1/train/XR_WRIST/patient00001/studyX_negative/image1.png");
+    set_line(
+        &csv,
+        3,
+        "MURA-v1.1/train/XR_WRIST/patient00001/studyX_negative/image1.png",
+    );
     let err = index(&root, &IndexOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("train_image_paths.csv:3: study folder"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("train_image_paths.csv:3: study folder"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -164,14 +205,30 @@ fn label_disagreeing_with_folder_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let root = tree(dir.path());
     let csv = csv_path(&root, "train_labeled_studies.csv");
-    set_line(&csv, 2, "MURA-v1.1/train/XR_WRIST/patient00001/study2_negative/,1");
+    set_line(
+        &csv,
+        2,
+        "MURA-v1.1/train/XR_WRIST/patient00001/study2_negative/,1",
+    );
     let err = index(&root, &IndexOptions::default()).unwrap_err();
     assert!(
-        matches!(err, DataError::LabelMismatch { line: 2, csv_label: 1, folder_label: 0, .. }),
+        matches!(
+            err,
+            DataError::LabelMismatch {
+                line: 2,
+                csv_label: 1,
+                folder_label: 0,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains("train_labeled_studies.csv:2"));
-    set_line(&csv, 2, "MURA-v1.1/train/XR_WRIST/patient00001/study2_negative/,maybe");
+    set_line(
+        &csv,
+        2,
+        "MURA-v1.1/train/XR_WRIST/patient00001/study2_negative/,maybe",
+    );
     let err = index(&root, &IndexOptions::default()).unwrap_err();
     assert!(err.to_string().contains("neither 0 nor 1"), "{err}");
 }
@@ -187,7 +244,10 @@ fn paths_escaping_the_root_are_refused() {
         let root = tree(dir.path());
         append_line(&csv_path(&root, "train_image_paths.csv"), bad);
         let err = index(&root, &IndexOptions::default()).unwrap_err();
-        assert!(matches!(err, DataError::EscapesRoot { line: 6, .. }), "{bad}: {err:?}");
+        assert!(
+            matches!(err, DataError::EscapesRoot { line: 6, .. }),
+            "{bad}: {err:?}"
+        );
         assert!(err.to_string().contains("escapes the data root"));
     }
 }
@@ -197,7 +257,10 @@ fn unknown_body_part_missing_image_and_unlabelled_study_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let root = tree(dir.path());
     let csv = csv_path(&root, "train_image_paths.csv");
-    append_line(&csv, "MURA-v1.1/train/XR_KNEE/patient00009/study1_negative/image1.png");
+    append_line(
+        &csv,
+        "MURA-v1.1/train/XR_KNEE/patient00009/study1_negative/image1.png",
+    );
     let err = index(&root, &IndexOptions::default()).unwrap_err();
     assert!(matches!(&err, DataError::UnknownBodyPart { part, line: 6, .. } if part == "XR_KNEE"));
 
@@ -206,7 +269,10 @@ fn unknown_body_part_missing_image_and_unlabelled_study_are_errors() {
     fs::remove_file(root.join("MURA-v1.1/train/XR_HAND/patient00002/study1_negative/image2.png"))
         .unwrap();
     let err = index(&root, &IndexOptions::default()).unwrap_err();
-    assert!(matches!(err, DataError::MissingImage { line: 5, .. }), "{err:?}");
+    assert!(
+        matches!(err, DataError::MissingImage { line: 5, .. }),
+        "{err:?}"
+    );
     // A CSV-only index does not look for files.
     assert_eq!(index(&root, &CSV_ONLY).unwrap().dataset.len(), 6);
 
@@ -227,11 +293,16 @@ fn missing_root_or_csv_is_an_error() {
     let err = index(&dir.path().join("nope"), &IndexOptions::default()).unwrap_err();
     assert!(matches!(err, DataError::RootNotFound { .. }));
     let err = index(dir.path(), &IndexOptions::default()).unwrap_err();
-    assert!(matches!(err, DataError::RootNotFound { .. }), "an empty folder is no MURA copy");
+    assert!(
+        matches!(err, DataError::RootNotFound { .. }),
+        "an empty folder is no MURA copy"
+    );
     let root = tree(dir.path());
     fs::remove_file(csv_path(&root, "valid_labeled_studies.csv")).unwrap();
     let err = index(&root, &IndexOptions::default()).unwrap_err();
-    assert!(matches!(&err, DataError::MissingCsv { path } if path.ends_with("valid_labeled_studies.csv")));
+    assert!(
+        matches!(&err, DataError::MissingCsv { path } if path.ends_with("valid_labeled_studies.csv"))
+    );
 }
 
 #[test]
@@ -247,8 +318,18 @@ fn official_counts_are_reproduced_exactly() {
         let split_stats = s.splits.iter().find(|x| x.split == split).unwrap();
         let c = split_stats.parts[&part];
         assert_eq!(
-            (c.normal_studies, c.abnormal_studies, c.normal_images, c.abnormal_images),
-            (normal_studies, abnormal_studies, normal_images, abnormal_images),
+            (
+                c.normal_studies,
+                c.abnormal_studies,
+                c.normal_images,
+                c.abnormal_images
+            ),
+            (
+                normal_studies,
+                abnormal_studies,
+                normal_images,
+                abnormal_images
+            ),
             "{part} {split}"
         );
     }
@@ -259,10 +340,16 @@ fn official_counts_are_reproduced_exactly() {
     assert_eq!((valid.images(), valid.studies()), (3197, 1199));
     // The seed reports' inspection table: hand is 26.77% abnormal.
     let table = s.to_string();
-    assert!(table.contains("XR_HAND          1    1484    26.77"), "{table}");
+    assert!(
+        table.contains("XR_HAND          1    1484    26.77"),
+        "{table}"
+    );
 
     let w = balanced_weights(indexed.dataset.split(Split::Train).images()).unwrap();
-    assert!((w.normal - 0.8390).abs() < 5e-5 && (w.abnormal - 1.2374).abs() < 5e-5, "{w:?}");
+    assert!(
+        (w.normal - 0.8390).abs() < 5e-5 && (w.abnormal - 1.2374).abs() < 5e-5,
+        "{w:?}"
+    );
     let paper = paper_weights(indexed.dataset.split(Split::Train).images()).unwrap();
     let hand = paper[&BodyPart::Hand];
     assert!((hand.abnormal - 4059.0 / 5543.0).abs() < 1e-12);
@@ -279,13 +366,18 @@ fn role_fractions(m: &Manifest, role: Role) -> BTreeMap<(BodyPart, bool), f64> {
             c.0 += 1;
         }
     }
-    counts.into_iter().map(|(k, (n, t))| (k, n as f64 / t as f64)).collect()
+    counts
+        .into_iter()
+        .map(|(k, (n, t))| (k, n as f64 / t as f64))
+        .collect()
 }
 
 fn assert_no_patient_in_two(m: &Manifest, key: impl Fn(&mura_data::ManifestEntry) -> String) {
     let mut seen: BTreeMap<(Split, u32), BTreeSet<String>> = BTreeMap::new();
     for e in &m.entries {
-        seen.entry((e.record.split, e.record.patient)).or_default().insert(key(e));
+        seen.entry((e.record.split, e.record.patient))
+            .or_default()
+            .insert(key(e));
     }
     for (p, roles) in seen {
         assert_eq!(roles.len(), 1, "patient {p:?} is in {roles:?}");
@@ -304,16 +396,33 @@ fn splits_of_2000_synthetic_studies_are_grouped_and_stratified() {
     generate(dir.path(), &config).unwrap();
     let dataset = index(dir.path(), &IndexOptions::default()).unwrap().dataset;
     for fraction in [0.2, 0.1] {
-        let cfg = SplitConfig { val_fraction: fraction, seed: 3 };
+        let cfg = SplitConfig {
+            val_fraction: fraction,
+            seed: 3,
+        };
         let m = train_val_test(&dataset, &cfg).unwrap();
         m.check_patients().unwrap();
         assert_no_patient_in_two(&m, |e| e.role.to_string());
-        assert!(m.entries.iter().all(|e| (e.record.split == Split::Valid) == (e.role == Role::Test)));
+        assert!(
+            m.entries
+                .iter()
+                .all(|e| (e.record.split == Split::Valid) == (e.role == Role::Test))
+        );
         for (stratum, f) in role_fractions(&m, Role::Val) {
-            assert!((f - fraction).abs() <= 0.02, "{stratum:?}: {f:.4} vs {fraction}");
+            assert!(
+                (f - fraction).abs() <= 0.02,
+                "{stratum:?}: {f:.4} vs {fraction}"
+            );
         }
-        assert_eq!(m, train_val_test(&dataset, &cfg).unwrap(), "same seed, same split");
-        assert_ne!(m, train_val_test(&dataset, &SplitConfig { seed: 4, ..cfg }).unwrap());
+        assert_eq!(
+            m,
+            train_val_test(&dataset, &cfg).unwrap(),
+            "same seed, same split"
+        );
+        assert_ne!(
+            m,
+            train_val_test(&dataset, &SplitConfig { seed: 4, ..cfg }).unwrap()
+        );
     }
     let folds = k_fold(&dataset, 5, 3).unwrap();
     assert_no_patient_in_two(&folds, |e| format!("{:?}", e.fold));
@@ -321,12 +430,24 @@ fn splits_of_2000_synthetic_studies_are_grouped_and_stratified() {
         let as_val = folds.fold_as_val(f);
         as_val.check_patients().unwrap();
         for (stratum, share) in role_fractions(&as_val, Role::Val) {
-            assert!((share - 0.2).abs() <= 0.02, "fold {f} {stratum:?}: {share:.4}");
+            assert!(
+                (share - 0.2).abs() <= 0.02,
+                "fold {f} {stratum:?}: {share:.4}"
+            );
         }
     }
     // Filtering by body part keeps only that part.
-    let wrist = train_val_test(&dataset.body_parts(&[BodyPart::Wrist]), &SplitConfig::default()).unwrap();
-    assert!(wrist.entries.iter().all(|e| e.record.body_part == BodyPart::Wrist));
+    let wrist = train_val_test(
+        &dataset.body_parts(&[BodyPart::Wrist]),
+        &SplitConfig::default(),
+    )
+    .unwrap();
+    assert!(
+        wrist
+            .entries
+            .iter()
+            .all(|e| e.record.body_part == BodyPart::Wrist)
+    );
     assert!(!wrist.entries.is_empty());
 }
 
@@ -343,22 +464,52 @@ fn manifest_round_trips_and_bad_manifests_are_refused() {
     assert!(text.starts_with("role,fold,split,body_part,patient,study,view,label,path\n"));
 
     // Patient 1 has 3 images in one fold; moving one to another fold leaks the patient.
-    let leaked = text.replacen(",XR_WRIST,1,", ",XR_WRIST,1,", 1);
-    let mut lines: Vec<String> = leaked.lines().map(String::from).collect();
-    let i = lines.iter().position(|l| l.contains("patient00001")).unwrap();
-    let flipped = if lines[i].starts_with("train,0,") { "train,1," } else { "train,0," };
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let i = lines
+        .iter()
+        .position(|l| l.contains("patient00001"))
+        .unwrap();
+    let flipped = if lines[i].starts_with("train,0,") {
+        "train,1,"
+    } else {
+        "train,0,"
+    };
     lines[i] = format!("{flipped}{}", &lines[i][8..]);
     fs::write(&path, lines.join("\n")).unwrap();
     let err = Manifest::load(&path).unwrap_err();
     assert!(matches!(err, DataError::PatientLeak { .. }), "{err:?}");
 
     fs::write(&path, "role,fold\ntrain,0\n").unwrap();
-    assert!(matches!(Manifest::load(&path).unwrap_err(), DataError::Malformed { line: 1, .. }));
-    fs::write(&path, format!("{}\ntrain,,train,XR_HAND,x,1,1,0,a.png\n", mura_data::MANIFEST_HEADER.join(","))).unwrap();
+    assert!(matches!(
+        Manifest::load(&path).unwrap_err(),
+        DataError::Malformed { line: 1, .. }
+    ));
+    fs::write(
+        &path,
+        format!(
+            "{}\ntrain,,train,XR_HAND,x,1,1,0,a.png\n",
+            mura_data::MANIFEST_HEADER.join(",")
+        ),
+    )
+    .unwrap();
     let err = Manifest::load(&path).unwrap_err();
-    assert!(err.to_string().contains(":2: patient \"x\" is not a number"), "{err}");
-    fs::write(&path, format!("{}\ntrain,,train,XR_HAND,1,1,1,0,../a.png\n", mura_data::MANIFEST_HEADER.join(","))).unwrap();
-    assert!(matches!(Manifest::load(&path).unwrap_err(), DataError::EscapesRoot { line: 2, .. }));
+    assert!(
+        err.to_string()
+            .contains(":2: patient \"x\" is not a number"),
+        "{err}"
+    );
+    fs::write(
+        &path,
+        format!(
+            "{}\ntrain,,train,XR_HAND,1,1,1,0,../a.png\n",
+            mura_data::MANIFEST_HEADER.join(",")
+        ),
+    )
+    .unwrap();
+    assert!(matches!(
+        Manifest::load(&path).unwrap_err(),
+        DataError::EscapesRoot { line: 2, .. }
+    ));
 }
 
 fn write_variants(dir: &Path) -> Vec<PathBuf> {
@@ -370,12 +521,45 @@ fn write_variants(dir: &Path) -> Vec<PathBuf> {
         img.save(&p).unwrap();
         paths.push(p);
     };
-    save("l8.png", image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(w, h, |x, y| image::Luma([gray(x, y)]))));
-    save("l16.png", image::DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(w, h, |x, y| image::Luma([u16::from(gray(x, y)) * 257]))));
-    save("la8.png", image::DynamicImage::ImageLumaA8(image::ImageBuffer::from_fn(w, h, |x, y| image::LumaA([gray(x, y), 255]))));
-    save("rgb8.png", image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(w, h, |x, y| { let g = gray(x, y); image::Rgb([g, g, g]) })));
-    save("rgba8.png", image::DynamicImage::ImageRgba8(image::ImageBuffer::from_fn(w, h, |x, y| { let g = gray(x, y); image::Rgba([g, g, g, 255]) })));
-    save("rgb16.png", image::DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(w, h, |x, y| { let g = u16::from(gray(x, y)) * 257; image::Rgb([g, g, g]) })));
+    save(
+        "l8.png",
+        image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(w, h, |x, y| {
+            image::Luma([gray(x, y)])
+        })),
+    );
+    save(
+        "l16.png",
+        image::DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(w, h, |x, y| {
+            image::Luma([u16::from(gray(x, y)) * 257])
+        })),
+    );
+    save(
+        "la8.png",
+        image::DynamicImage::ImageLumaA8(image::ImageBuffer::from_fn(w, h, |x, y| {
+            image::LumaA([gray(x, y), 255])
+        })),
+    );
+    save(
+        "rgb8.png",
+        image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(w, h, |x, y| {
+            let g = gray(x, y);
+            image::Rgb([g, g, g])
+        })),
+    );
+    save(
+        "rgba8.png",
+        image::DynamicImage::ImageRgba8(image::ImageBuffer::from_fn(w, h, |x, y| {
+            let g = gray(x, y);
+            image::Rgba([g, g, g, 255])
+        })),
+    );
+    save(
+        "rgb16.png",
+        image::DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(w, h, |x, y| {
+            let g = u16::from(gray(x, y)) * 257;
+            image::Rgb([g, g, g])
+        })),
+    );
     paths
 }
 
@@ -390,13 +574,25 @@ fn every_colour_type_and_depth_decodes_to_the_same_gray() {
         assert_eq!(g.pixels, reference.pixels, "{}", p.display());
         let rgb = decode_file(p, ColorMode::Rgb).unwrap();
         assert_eq!(rgb.pixels.len(), 45);
-        assert!(rgb.pixels.chunks(3).zip(&reference.pixels).all(|(c, &g)| c == [g, g, g]));
+        assert!(
+            rgb.pixels
+                .chunks(3)
+                .zip(&reference.pixels)
+                .all(|(c, &g)| c == [g, g, g])
+        );
     }
     // JPEG: lossy, so within a few levels.
     let jpg = dir.path().join("l8.jpg");
-    image::GrayImage::from_fn(16, 16, |x, _| image::Luma([(x * 8) as u8])).save(&jpg).unwrap();
+    image::GrayImage::from_fn(16, 16, |x, _| image::Luma([(x * 8) as u8]))
+        .save(&jpg)
+        .unwrap();
     let g = decode_file(&jpg, ColorMode::Gray).unwrap();
-    assert!(g.pixels.iter().enumerate().all(|(i, &v)| (i32::from(v) - (i as i32 % 16) * 8).abs() <= 6));
+    assert!(
+        g.pixels
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| (i32::from(v) - (i as i32 % 16) * 8).abs() <= 6)
+    );
 }
 
 #[test]
@@ -412,56 +608,134 @@ fn corrupt_file_is_an_error_naming_it_or_skipped_and_counted() {
     paths.push(garbage.clone());
     paths.push(dir.path().join("missing.png"));
 
-    let loader = Loader::new(paths.clone(), LoaderConfig { shuffle: false, threads: 2, ..LoaderConfig::default() }).unwrap();
+    let loader = Loader::new(
+        paths.clone(),
+        LoaderConfig {
+            shuffle: false,
+            threads: 2,
+            ..LoaderConfig::default()
+        },
+    )
+    .unwrap();
     let results: Vec<_> = loader.epoch(0).collect();
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2, "stops at the first error");
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        2,
+        "stops at the first error"
+    );
     let err = results.last().unwrap().as_ref().unwrap_err();
-    assert!(matches!(err, DataError::Decode { path, .. } if *path == truncated), "{err:?}");
+    assert!(
+        matches!(err, DataError::Decode { path, .. } if *path == truncated),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("truncated.png"));
 
-    let loader = Loader::new(paths, LoaderConfig { shuffle: false, skip_unreadable: true, ..LoaderConfig::default() }).unwrap();
+    let loader = Loader::new(
+        paths,
+        LoaderConfig {
+            shuffle: false,
+            skip_unreadable: true,
+            ..LoaderConfig::default()
+        },
+    )
+    .unwrap();
     let mut epoch = loader.epoch(0);
     let ok: Vec<usize> = epoch.by_ref().map(|s| s.unwrap().index).collect();
     assert_eq!(ok, vec![0, 1, 3, 4, 5, 6]);
     assert_eq!(epoch.skipped().len(), 3);
-    assert!(epoch.skipped().iter().any(|e| e.to_string().contains("missing.png")));
+    assert!(
+        epoch
+            .skipped()
+            .iter()
+            .any(|e| e.to_string().contains("missing.png"))
+    );
 }
 
 #[test]
 fn loader_order_depends_on_seed_and_epoch_not_threads() {
     let dir = tempfile::tempdir().unwrap();
-    generate(dir.path(), &SynthConfig { studies: 12, seed: 2, max_side: 24, ..SynthConfig::default() }).unwrap();
+    generate(
+        dir.path(),
+        &SynthConfig {
+            studies: 12,
+            seed: 2,
+            max_side: 24,
+            ..SynthConfig::default()
+        },
+    )
+    .unwrap();
     let d = index(dir.path(), &IndexOptions::default()).unwrap().dataset;
     let files: Vec<PathBuf> = d.images().iter().map(|r| r.file(d.base())).collect();
     let run = |threads: usize, prefetch: usize, epoch: u64| -> Vec<(usize, Vec<u8>)> {
-        let cfg = LoaderConfig { threads, prefetch, seed: 11, ..LoaderConfig::default() };
-        Loader::new(files.clone(), cfg).unwrap().epoch(epoch).map(|s| { let s = s.unwrap(); (s.index, s.value.pixels) }).collect()
+        let cfg = LoaderConfig {
+            threads,
+            prefetch,
+            seed: 11,
+            ..LoaderConfig::default()
+        };
+        Loader::new(files.clone(), cfg)
+            .unwrap()
+            .epoch(epoch)
+            .map(|s| {
+                let s = s.unwrap();
+                (s.index, s.value.pixels)
+            })
+            .collect()
     };
     let one = run(1, 1, 0);
     assert_eq!(one.len(), files.len());
     assert_eq!(run(3, 2, 0), one);
     assert_eq!(run(2, 16, 0), one);
     let next_epoch = run(2, 4, 1);
-    assert_ne!(next_epoch.iter().map(|s| s.0).collect::<Vec<_>>(), one.iter().map(|s| s.0).collect::<Vec<_>>());
+    assert_ne!(
+        next_epoch.iter().map(|s| s.0).collect::<Vec<_>>(),
+        one.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
     let mut a: Vec<usize> = one.iter().map(|s| s.0).collect();
     a.sort();
-    assert_eq!(a, (0..files.len()).collect::<Vec<_>>(), "every file once per epoch");
+    assert_eq!(
+        a,
+        (0..files.len()).collect::<Vec<_>>(),
+        "every file once per epoch"
+    );
     // Dropping an epoch half-way stops its workers cleanly.
     let loader = Loader::new(files, LoaderConfig::default()).unwrap();
     let mut e = loader.epoch(0);
     assert!(e.next().is_some());
     drop(e);
-    assert!(Loader::new(vec![], LoaderConfig { threads: 0, ..LoaderConfig::default() }).is_err());
+    assert!(
+        Loader::new(
+            vec![],
+            LoaderConfig {
+                threads: 0,
+                ..LoaderConfig::default()
+            }
+        )
+        .is_err()
+    );
 }
 
 #[test]
 fn synthetic_tree_is_deterministic_and_well_formed() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let config = SynthConfig { studies: 60, seed: 5, max_side: 64, odd_format_fraction: 0.1, ..SynthConfig::default() };
+    let config = SynthConfig {
+        studies: 60,
+        seed: 5,
+        max_side: 64,
+        odd_format_fraction: 0.1,
+        ..SynthConfig::default()
+    };
     let summary = generate(a.path(), &config).unwrap();
     generate(b.path(), &config).unwrap();
-    let indexed = index(a.path(), &IndexOptions { strict: true, check_files: true }).unwrap();
+    let indexed = index(
+        a.path(),
+        &IndexOptions {
+            strict: true,
+            check_files: true,
+        },
+    )
+    .unwrap();
     let d = &indexed.dataset;
     assert_eq!(d.len(), summary.images);
     assert_eq!(d.studies().len(), 60);
@@ -477,7 +751,10 @@ fn synthetic_tree_is_deterministic_and_well_formed() {
         assert!((1..=4).contains(&s.images.len()));
     }
     // Refuses to overwrite.
-    assert!(matches!(generate(a.path(), &config), Err(DataError::InvalidConfig { .. })));
+    assert!(matches!(
+        generate(a.path(), &config),
+        Err(DataError::InvalidConfig { .. })
+    ));
     let other = tempfile::tempdir().unwrap();
     generate(other.path(), &SynthConfig { seed: 6, ..config }).unwrap();
     let first = &d.images()[0].path;

@@ -1,6 +1,8 @@
 //! Golden values from scikit-learn (`tools/sklearn_golden.py`, output committed under `fixtures/`).
 //! Every value must agree to 1e-9 absolute.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use mura_metrics::{binary_cross_entropy, evaluate, roc_curve};
 use serde::Deserialize;
 
