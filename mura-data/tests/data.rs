@@ -760,3 +760,43 @@ fn synthetic_tree_is_deterministic_and_well_formed() {
     let first = &d.images()[0].path;
     assert!(fs::read(other.path().join(first)).ok() != fs::read(a.path().join(first)).ok());
 }
+
+#[test]
+fn walking_reports_unknown_folders_and_layout_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = tree(dir.path());
+    for name in [
+        "train_image_paths.csv",
+        "train_labeled_studies.csv",
+        "valid_image_paths.csv",
+        "valid_labeled_studies.csv",
+    ] {
+        fs::remove_file(csv_path(&root, name)).unwrap();
+    }
+    fs::create_dir_all(root.join("MURA-v1.1/train/XR_KNEE/patient00009/study1_negative")).unwrap();
+    let err = index(&root, &IndexOptions::default()).unwrap_err();
+    assert!(matches!(err, DataError::BadLayout { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("unknown body part folder \"XR_KNEE\""),
+        "{err}"
+    );
+    fs::remove_dir_all(root.join("MURA-v1.1/train/XR_KNEE")).unwrap();
+    fs::create_dir_all(root.join("MURA-v1.1/train/XR_HAND/patient00002/study3_maybe")).unwrap();
+    let err = index(&root, &IndexOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("study3_maybe")
+            && err.to_string().contains("neither positive nor negative"),
+        "{err}"
+    );
+    fs::remove_dir_all(root.join("MURA-v1.1/train/XR_HAND/patient00002/study3_maybe")).unwrap();
+    // A stray file beside the images is skipped and counted, not fatal.
+    fs::write(
+        root.join("MURA-v1.1/train/XR_HAND/patient00002/study1_negative/notes.txt"),
+        "x",
+    )
+    .unwrap();
+    let walked = index(&root, &IndexOptions::default()).unwrap();
+    assert_eq!(walked.dataset.len(), 6);
+    assert_eq!(walked.skip_counts(), vec![(SkipReason::Unexpected, 1)]);
+}
