@@ -55,3 +55,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     }
     Ok(())
 }
+
+/// Writes an 8-bit gray image as PNG, atomically (see [`write_atomic`]).
+pub fn write_gray_png(
+    path: &Path,
+    width: u32,
+    height: u32,
+    pixels: &[u8],
+) -> Result<(), DataError> {
+    use image::ImageEncoder;
+    let mut bytes = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut bytes)
+        .write_image(pixels, width, height, image::ExtendedColorType::L8)
+        .map_err(|e| DataError::Encode {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    write_atomic(path, &bytes)
+}

@@ -671,7 +671,7 @@ fn write_png(
         FileFormat::Gray16 => (
             values
                 .iter()
-                .flat_map(|v| ((v * 65535.0).round() as u16).to_be_bytes())
+                .flat_map(|v| ((v * 65535.0).round() as u16).to_ne_bytes())
                 .collect(),
             image::ExtendedColorType::L16,
         ),

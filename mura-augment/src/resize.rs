@@ -1,0 +1,349 @@
+//! Resizing gray radiographs with `fast_image_resize` (SIMD) into a caller-owned buffer: stretch,
+//! letterbox, or shorter side then centre crop.
+
+use fast_image_resize as fir;
+use fir::images::{Image, ImageRef};
+
+use crate::AugmentError;
+
+/// How the source's aspect ratio meets the target's.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum ResizeMode {
+    /// Scale each axis independently (what the Keras generators of the seed reports did).
+    Stretch,
+    /// Keep the aspect ratio, fit inside the target, pad the rest with `pad` (centred).
+    Letterbox { pad: u8 },
+    /// timm's eval preset: scale so the target covers `crop_fraction` of the source's shorter side,
+    /// centred (`crop_fraction` 0.875 = resize to size/0.875 then centre-crop size).
+    CenterCrop { crop_fraction: f32 },
+}
+
+impl Default for ResizeMode {
+    fn default() -> Self {
+        ResizeMode::Letterbox { pad: 0 }
+    }
+}
+
+/// The interpolation filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    #[default]
+    Bilinear,
+    /// Catmull-Rom, what PIL and torchvision call bicubic.
+    Bicubic,
+    Lanczos3,
+}
+
+impl Filter {
+    fn fir(self) -> fir::FilterType {
+        match self {
+            Filter::Bilinear => fir::FilterType::Bilinear,
+            Filter::Bicubic => fir::FilterType::CatmullRom,
+            Filter::Lanczos3 => fir::FilterType::Lanczos3,
+        }
+    }
+}
+
+/// The part of the target an image occupies after a letterbox resize: `(x, y, width, height)`.
+pub fn letterbox_rect(src: (u32, u32), dst: (u32, u32)) -> (u32, u32, u32, u32) {
+    let k = (f64::from(dst.0) / f64::from(src.0)).min(f64::from(dst.1) / f64::from(src.1));
+    let w = ((f64::from(src.0) * k).round() as u32).clamp(1, dst.0);
+    let h = ((f64::from(src.1) * k).round() as u32).clamp(1, dst.1);
+    ((dst.0 - w) / 2, (dst.1 - h) / 2, w, h)
+}
+
+/// A reusable resizer (one per worker thread): owns `fast_image_resize`'s scratch buffers and a
+/// letterbox buffer, so steady-state resizing allocates nothing.
+#[derive(Debug)]
+pub struct GrayResizer {
+    inner: fir::Resizer,
+    inner_buffer: Vec<u8>,
+}
+
+impl Default for GrayResizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GrayResizer {
+    /// Uses the best SIMD extension the CPU has.
+    pub fn new() -> Self {
+        Self {
+            inner: fir::Resizer::new(),
+            inner_buffer: Vec::new(),
+        }
+    }
+
+    /// Uses no SIMD: the scalar reference every SIMD path is tested against.
+    pub fn scalar() -> Self {
+        Self::with_extensions(fir::CpuExtensions::None).unwrap_or_default()
+    }
+
+    /// Uses the given extension if this CPU supports it, `None` otherwise.
+    pub fn with_extensions(ext: fir::CpuExtensions) -> Option<Self> {
+        if !ext.is_supported() {
+            return None;
+        }
+        let mut r = Self::new();
+        // SAFETY: `set_cpu_extensions` is unsafe only because an extension the CPU lacks would
+        // execute illegal instructions; support was checked just above.
+        #[allow(unsafe_code)]
+        unsafe {
+            r.inner.set_cpu_extensions(ext)
+        };
+        Some(r)
+    }
+
+    /// The SIMD extension in use.
+    pub fn extensions(&self) -> fir::CpuExtensions {
+        self.inner.cpu_extensions()
+    }
+
+    /// Resizes the 8-bit gray `src` (`src_w`×`src_h`, row-major) into `dst` (`dst_w`×`dst_h`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn resize(
+        &mut self,
+        src: &[u8],
+        (src_w, src_h): (u32, u32),
+        dst: &mut [u8],
+        (dst_w, dst_h): (u32, u32),
+        mode: ResizeMode,
+        filter: Filter,
+    ) -> Result<(), AugmentError> {
+        if src_w == 0 || src_h == 0 {
+            return Err(AugmentError::EmptyImage {
+                width: src_w,
+                height: src_h,
+            });
+        }
+        if dst_w == 0 || dst_h == 0 {
+            return Err(AugmentError::BadConfig {
+                what: "output size",
+                reason: format!("{dst_w}×{dst_h} has no pixels"),
+            });
+        }
+        let needed = src_w as usize * src_h as usize;
+        if src.len() != needed {
+            return Err(AugmentError::PixelCount {
+                width: src_w,
+                height: src_h,
+                expected: needed,
+                found: src.len(),
+            });
+        }
+        let out_len = dst_w as usize * dst_h as usize;
+        if dst.len() != out_len {
+            return Err(AugmentError::DestinationSize {
+                channels: 1,
+                height: dst_h,
+                width: dst_w,
+                needed: out_len,
+                found: dst.len(),
+            });
+        }
+        let src_view = ImageRef::new(src_w, src_h, src, fir::PixelType::U8).map_err(fir_err)?;
+        let alg = fir::ResizeAlg::Convolution(filter.fir());
+        match mode {
+            ResizeMode::Stretch => {
+                let mut dst_view =
+                    Image::from_slice_u8(dst_w, dst_h, dst, fir::PixelType::U8).map_err(fir_err)?;
+                let options = fir::ResizeOptions::new().resize_alg(alg);
+                self.inner
+                    .resize(&src_view, &mut dst_view, &options)
+                    .map_err(fir_err)
+            }
+            ResizeMode::CenterCrop { crop_fraction } => {
+                if !(crop_fraction.is_finite() && crop_fraction > 0.0 && crop_fraction <= 1.0) {
+                    return Err(AugmentError::BadConfig {
+                        what: "crop fraction",
+                        reason: format!("{crop_fraction} is not in (0, 1]"),
+                    });
+                }
+                // Scale at which the target covers the source, then shrink the covered box.
+                let k = (f64::from(dst_w) / f64::from(src_w))
+                    .max(f64::from(dst_h) / f64::from(src_h))
+                    / f64::from(crop_fraction);
+                let (bw, bh) = (f64::from(dst_w) / k, f64::from(dst_h) / k);
+                let left = (f64::from(src_w) - bw) / 2.0;
+                let top = (f64::from(src_h) - bh) / 2.0;
+                let mut dst_view =
+                    Image::from_slice_u8(dst_w, dst_h, dst, fir::PixelType::U8).map_err(fir_err)?;
+                let options = fir::ResizeOptions::new()
+                    .resize_alg(alg)
+                    .crop(left, top, bw, bh);
+                self.inner
+                    .resize(&src_view, &mut dst_view, &options)
+                    .map_err(fir_err)
+            }
+            ResizeMode::Letterbox { pad } => {
+                let (x, y, w, h) = letterbox_rect((src_w, src_h), (dst_w, dst_h));
+                self.inner_buffer.clear();
+                self.inner_buffer.resize(w as usize * h as usize, 0);
+                {
+                    let mut inner_view =
+                        Image::from_slice_u8(w, h, &mut self.inner_buffer, fir::PixelType::U8)
+                            .map_err(fir_err)?;
+                    let options = fir::ResizeOptions::new().resize_alg(alg);
+                    self.inner
+                        .resize(&src_view, &mut inner_view, &options)
+                        .map_err(fir_err)?;
+                }
+                dst.fill(pad);
+                let (x, y, w) = (x as usize, y as usize, w as usize);
+                for (row, line) in self.inner_buffer.chunks_exact(w).enumerate() {
+                    let start = (y + row) * dst_w as usize + x;
+                    dst[start..start + w].copy_from_slice(line);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn fir_err(e: impl std::fmt::Display) -> AugmentError {
+    AugmentError::Resize(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ramp(w: u32, h: u32) -> Vec<u8> {
+        (0..w * h)
+            .map(|i| ((i % w) * 255 / w.max(1)) as u8 ^ ((i / w) as u8))
+            .collect()
+    }
+
+    #[test]
+    fn simd_paths_agree_with_scalar() {
+        let exts = [
+            fast_image_resize::CpuExtensions::None,
+            #[cfg(target_arch = "x86_64")]
+            fast_image_resize::CpuExtensions::Sse4_1,
+            #[cfg(target_arch = "x86_64")]
+            fast_image_resize::CpuExtensions::Avx2,
+            #[cfg(target_arch = "aarch64")]
+            fast_image_resize::CpuExtensions::Neon,
+        ];
+        let src = ramp(97, 131);
+        let modes = [
+            ResizeMode::Stretch,
+            ResizeMode::Letterbox { pad: 7 },
+            ResizeMode::CenterCrop {
+                crop_fraction: 0.875,
+            },
+        ];
+        for mode in modes {
+            for filter in [Filter::Bilinear, Filter::Bicubic, Filter::Lanczos3] {
+                let mut reference = vec![0u8; 64 * 48];
+                GrayResizer::scalar()
+                    .resize(&src, (97, 131), &mut reference, (64, 48), mode, filter)
+                    .unwrap();
+                for ext in exts {
+                    let Some(mut r) = GrayResizer::with_extensions(ext) else {
+                        continue;
+                    };
+                    let mut out = vec![0u8; 64 * 48];
+                    r.resize(&src, (97, 131), &mut out, (64, 48), mode, filter)
+                        .unwrap();
+                    let worst = out
+                        .iter()
+                        .zip(&reference)
+                        .map(|(a, b)| (i16::from(*a) - i16::from(*b)).abs())
+                        .max()
+                        .unwrap_or(0);
+                    // Fixed-point SIMD kernels may round differently by one level.
+                    assert!(worst <= 1, "{ext:?} {mode:?} {filter:?}: off by {worst}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn degenerate_inputs() {
+        let mut r = GrayResizer::new();
+        let mut out = vec![0u8; 16];
+        assert!(matches!(
+            r.resize(
+                &[],
+                (0, 5),
+                &mut out,
+                (4, 4),
+                ResizeMode::Stretch,
+                Filter::Bilinear
+            ),
+            Err(AugmentError::EmptyImage { .. })
+        ));
+        // One pixel: a defined, constant result.
+        r.resize(
+            &[200],
+            (1, 1),
+            &mut out,
+            (4, 4),
+            ResizeMode::Stretch,
+            Filter::Lanczos3,
+        )
+        .unwrap();
+        assert!(out.iter().all(|&v| v == 200), "{out:?}");
+        r.resize(
+            &[200],
+            (1, 1),
+            &mut out,
+            (4, 4),
+            ResizeMode::Letterbox { pad: 0 },
+            Filter::Bilinear,
+        )
+        .unwrap();
+        assert!(out.iter().all(|&v| v == 200));
+        for crop_fraction in [0.0, -1.0, f32::NAN, 1.5] {
+            assert!(matches!(
+                r.resize(
+                    &[1; 4],
+                    (2, 2),
+                    &mut out,
+                    (4, 4),
+                    ResizeMode::CenterCrop { crop_fraction },
+                    Filter::Bilinear
+                ),
+                Err(AugmentError::BadConfig { .. })
+            ));
+        }
+        assert!(matches!(
+            r.resize(
+                &[1; 3],
+                (2, 2),
+                &mut out,
+                (4, 4),
+                ResizeMode::Stretch,
+                Filter::Bilinear
+            ),
+            Err(AugmentError::PixelCount { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn letterbox_keeps_aspect_ratio(sw in 1u32..600, sh in 1u32..600, dw in 1u32..300, dh in 1u32..300) {
+            let (x, y, w, h) = letterbox_rect((sw, sh), (dw, dh));
+            prop_assert!(x + w <= dw && y + h <= dh);
+            prop_assert!(w == dw || h == dh, "touches two sides");
+            // Aspect ratio within one pixel: w/h vs sw/sh.
+            let expect_w = f64::from(h) * f64::from(sw) / f64::from(sh);
+            let expect_h = f64::from(w) * f64::from(sh) / f64::from(sw);
+            prop_assert!((f64::from(w) - expect_w).abs() <= 1.0 || (f64::from(h) - expect_h).abs() <= 1.0,
+                "{sw}×{sh} → {w}×{h} in {dw}×{dh}");
+        }
+
+        #[test]
+        fn output_has_requested_shape(sw in 1u32..80, sh in 1u32..80, dw in 1u32..40, dh in 1u32..40, m in 0usize..3) {
+            let src = ramp(sw, sh);
+            let mode = [ResizeMode::Stretch, ResizeMode::Letterbox { pad: 0 }, ResizeMode::CenterCrop { crop_fraction: 0.9 }][m];
+            let mut out = vec![0u8; (dw * dh) as usize];
+            GrayResizer::new().resize(&src, (sw, sh), &mut out, (dw, dh), mode, Filter::Bilinear).unwrap();
+        }
+    }
+}
