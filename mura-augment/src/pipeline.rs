@@ -243,6 +243,7 @@ pub struct Worker {
     resizer: GrayResizer,
     gray: Vec<u8>,
     plane: Vec<u8>,
+    row: Vec<f32>,
 }
 
 thread_local! {
@@ -371,34 +372,142 @@ impl Pipeline {
         if let (true, Some(c)) = (params.clahe, self.augment.clahe) {
             c.clahe.apply(&mut worker.plane, w, h)?;
         }
-        let (first, rest) = dst.split_at_mut(w * h);
-        render(&worker.plane, w, h, &params, first);
-        // Intensity change, then normalisation; channel 0 first, the others derived from it.
-        let norm = &p.normalize;
-        let intensity = params.brightness != 0.0 || params.contrast != 1.0;
-        for v in first.iter_mut() {
-            let mut x = *v;
-            if intensity {
-                x = ((x - 0.5) * params.contrast + 0.5 + params.brightness).clamp(0.0, 1.0);
-            }
-            *v = (x - norm.mean[0]) / norm.std[0];
-        }
-        for (c, plane) in rest.chunks_exact_mut(w * h).enumerate() {
-            let c = c + 1;
-            let (a, b) = (
-                norm.std[0] / norm.std[c],
-                (norm.mean[0] - norm.mean[c]) / norm.std[c],
-            );
-            for (o, &x) in plane.iter_mut().zip(first.iter()) {
-                *o = x * a + b;
-            }
-        }
+        worker.row.resize(w, 0.0);
+        render_normalized(&worker.plane, w, h, &params, &p.normalize, p.channels, &mut worker.row, dst);
         Ok(params)
     }
 }
 
+/// The inverse affine map of a [`Params`]: destination pixel (x, y) samples the source at
+/// `(x0 + m00 x + m01 y, y0 + m10 x + m11 y)` (continuous coordinates, pixel centres at k + 0.5
+/// shifted to k).
+#[derive(Debug, Clone, Copy)]
+struct InverseMap {
+    m00: f32,
+    m01: f32,
+    m10: f32,
+    m11: f32,
+    x0: f32,
+    y0: f32,
+}
+
+impl InverseMap {
+    /// Flips, then rotation by θ, scale s and shift t about the centre c, inverted:
+    /// src = flip(R(-θ) (dst - c - t) / s) + c.
+    fn new(w: usize, h: usize, params: &Params) -> Self {
+        let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
+        let (sin, cos) = params.angle_degrees.to_radians().sin_cos();
+        let inv = 1.0 / params.scale;
+        let fx = if params.hflip { -1.0 } else { 1.0 };
+        let fy = if params.vflip { -1.0 } else { 1.0 };
+        let (m00, m01) = (fx * cos * inv, fx * sin * inv);
+        let (m10, m11) = (-fy * sin * inv, fy * cos * inv);
+        // Destination pixel centre (x + 0.5, y + 0.5), relative to c + t.
+        let (dx, dy) = (0.5 - cx - params.shift.0, 0.5 - cy - params.shift.1);
+        Self {
+            m00,
+            m01,
+            m10,
+            m11,
+            x0: m00 * dx + m01 * dy + cx - 0.5,
+            y0: m10 * dx + m11 * dy + cy - 0.5,
+        }
+    }
+}
+
+/// One destination row of the geometric transform, as values in [0, 1] (black outside).
+///
+/// Source coordinates step in 16.16 fixed point and the bilinear weights are 8-bit, as in
+/// Pillow's affine transform: integer arithmetic for the blend, one conversion to float per pixel.
+fn sample_row(plane: &[u8], w: usize, h: usize, map: &InverseMap, y: usize, row: &mut [f32]) {
+    const ONE: f32 = 65536.0;
+    const INV: f32 = 1.0 / (255.0 * 65536.0);
+    let (rx, ry) = (map.x0 + map.m01 * y as f32, map.y0 + map.m11 * y as f32);
+    let (wi, hi) = (w as i32, h as i32);
+    let at = |x: i32, y: i32| -> u32 {
+        if x >= 0 && y >= 0 && x < wi && y < hi {
+            u32::from(plane[y as usize * w + x as usize])
+        } else {
+            0
+        }
+    };
+    // Fixed-point start and steps; recomputed every 64 pixels so rounding never drifts.
+    let (dx, dy) = ((map.m00 * ONE) as i64, (map.m10 * ONE) as i64);
+    for (block, chunk) in row.chunks_mut(64).enumerate() {
+        let x_start = (block * 64) as f32;
+        let mut sx = ((rx + map.m00 * x_start) * ONE).floor() as i64;
+        let mut sy = ((ry + map.m10 * x_start) * ONE).floor() as i64;
+        for out in chunk.iter_mut() {
+            let (x0, y0) = ((sx >> 16) as i32, (sy >> 16) as i32);
+            let (ax, ay) = (((sx >> 8) & 0xff) as u32, ((sy >> 8) & 0xff) as u32);
+            let (a, b, c, d) = if x0 >= 0 && y0 >= 0 && x0 + 1 < wi && y0 + 1 < hi {
+                let i = y0 as usize * w + x0 as usize;
+                let (top, bottom) = (&plane[i..i + 2], &plane[i + w..i + w + 2]);
+                (u32::from(top[0]), u32::from(top[1]), u32::from(bottom[0]), u32::from(bottom[1]))
+            } else {
+                (at(x0, y0), at(x0 + 1, y0), at(x0, y0 + 1), at(x0 + 1, y0 + 1))
+            };
+            let top = a * (256 - ax) + b * ax;
+            let bottom = c * (256 - ax) + d * ax;
+            *out = (top * (256 - ay) + bottom * ay) as f32 * INV;
+            sx += dx;
+            sy += dy;
+        }
+    }
+}
+
+/// The fused final pass: geometric transform, brightness/contrast and normalisation of every channel,
+/// row by row into the CHW slot `dst`. `row` is scratch of length `w`.
+#[allow(clippy::too_many_arguments)]
+fn render_normalized(
+    plane: &[u8],
+    w: usize,
+    h: usize,
+    params: &Params,
+    norm: &Normalize,
+    channels: usize,
+    row: &mut [f32],
+    dst: &mut [f32],
+) {
+    const INV: f32 = 1.0 / 255.0;
+    let map = InverseMap::new(w, h, params);
+    let identity = params.is_geometric_identity();
+    let intensity = params.brightness != 0.0 || params.contrast != 1.0;
+    let scale: Vec<(f32, f32)> = (0..channels).map(|c| (1.0 / norm.std[c], -norm.mean[c] / norm.std[c])).collect();
+    for y in 0..h {
+        if identity {
+            let sy = if params.vflip { h - 1 - y } else { y };
+            let src = &plane[sy * w..(sy + 1) * w];
+            if params.hflip {
+                for (o, &v) in row.iter_mut().zip(src.iter().rev()) {
+                    *o = f32::from(v) * INV;
+                }
+            } else {
+                for (o, &v) in row.iter_mut().zip(src) {
+                    *o = f32::from(v) * INV;
+                }
+            }
+        } else {
+            sample_row(plane, w, h, &map, y, row);
+        }
+        if intensity {
+            for v in row.iter_mut() {
+                *v = ((*v - 0.5) * params.contrast + 0.5 + params.brightness).clamp(0.0, 1.0);
+            }
+        }
+        for (c, &(a, b)) in scale.iter().enumerate() {
+            let out = &mut dst[c * w * h + y * w..c * w * h + (y + 1) * w];
+            for (o, &v) in out.iter_mut().zip(row.iter()) {
+                *o = v * a + b;
+            }
+        }
+    }
+}
+
 /// Writes the geometric transform of `plane` (flips, then rotation, scale and shift about the
-/// centre) into `out` as values in [0, 1]. Bilinear sampling; outside the image is black.
+/// centre) into `out` as values in [0, 1]. Bilinear sampling; outside the image is black. The
+/// straightforward reference the fused pass is tested against.
+#[cfg(test)]
 fn render(plane: &[u8], w: usize, h: usize, params: &Params, out: &mut [f32]) {
     const INV: f32 = 1.0 / 255.0;
     if params.is_geometric_identity() {
@@ -545,6 +654,37 @@ mod tests {
         }
         for (a, &b) in direct.iter().zip(&img.pixels) {
             assert!((a - f32::from(b) / 255.0).abs() < 1e-7);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn fused_pass_equals_reference(
+            w in 1usize..40, h in 1usize..40, angle in -180.0f32..180.0, scale in 0.5f32..2.0,
+            tx in -5.0f32..5.0, ty in -5.0f32..5.0, hflip in any::<bool>(), vflip in any::<bool>(),
+            brightness in -0.3f32..0.3, contrast in 0.6f32..1.4, identity in any::<bool>(),
+        ) {
+            let img = gray(w as u32, h as u32, |x, y| ((x * 37 + y * 11) % 256) as u8);
+            let p = if identity {
+                Params { hflip, vflip, brightness, contrast, ..params() }
+            } else {
+                Params { hflip, vflip, angle_degrees: angle, scale, shift: (tx, ty), brightness, contrast, window: false, clahe: false }
+            };
+            let mut reference = vec![0.0; w * h];
+            render(&img.pixels, w, h, &p, &mut reference);
+            let norm = Normalize::IMAGENET;
+            let mut fused = vec![0.0; 3 * w * h];
+            let mut row = vec![0.0; w];
+            render_normalized(&img.pixels, w, h, &p, &norm, 3, &mut row, &mut fused);
+            for c in 0..3 {
+                for i in 0..w * h {
+                    let v = ((reference[i] - 0.5) * contrast + 0.5 + brightness).clamp(0.0, 1.0);
+                    let expect = (v - norm.mean[c]) / norm.std[c];
+                    // 8-bit bilinear weights: within one gray level (1/255 before normalisation).
+                    let tol = 1.5 * contrast.max(1.0) / 255.0 / norm.std[c] + 1e-4;
+                    prop_assert!((fused[c * w * h + i] - expect).abs() <= tol, "c {c} i {i}: {} vs {expect}", fused[c * w * h + i]);
+                }
+            }
         }
     }
 

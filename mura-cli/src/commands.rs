@@ -5,10 +5,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use mura_augment::{AugmentConfig, Filter, Pipeline, Preprocess, Preset, ResizeMode, preview_grid};
 use mura_data::synth::{SynthConfig, generate};
 use mura_data::{
-    BodyPart, Dataset, IndexOptions, Indexed, Loader, LoaderConfig, Manifest, Role, SplitConfig,
-    image_sizes, index, k_fold, stats, train_val_test,
+    BodyPart, ColorMode, DataError, Dataset, IndexOptions, Indexed, Loader, LoaderConfig, Manifest, Role, SplitConfig,
+    decode_file, image_sizes, index, k_fold, stats, train_val_test, write_gray_png,
 };
 
 /// mura: train, evaluate and explain abnormality classifiers for musculoskeletal radiographs (MURA).
@@ -32,6 +33,12 @@ enum Command {
     Check(CheckArgs),
     /// Write a synthetic MURA-v1.1 tree (CSVs and PNGs) with learnable abnormalities.
     Synth(SynthArgs),
+    /// Write a PNG grid of augmented samples (one row per image, one column per draw) to look at.
+    AugmentPreview(PreviewArgs),
+    /// Benchmarks: `mura bench pipeline ROOT` measures decode + resize + train augmentations +
+    /// normalise, beside decoding alone, in images/s.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// The main job on the built-in synthetic data: generate it if absent, index, inspect, split,
     /// and stream the training images through the loader.
     Demo(DemoArgs),
@@ -120,6 +127,70 @@ struct SynthArgs {
 }
 
 #[derive(Debug, Args)]
+struct PreviewArgs {
+    #[command(flatten)]
+    index: IndexArgs,
+    /// The PNG to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Augmentation preset.
+    #[arg(long, value_enum, default_value_t = PresetArg::Train)]
+    preset: PresetArg,
+    /// Images (rows) and draws per image (columns).
+    #[arg(long, default_value_t = 4)]
+    rows: usize,
+    #[arg(long, default_value_t = 6)]
+    columns: usize,
+    /// Output side in pixels.
+    #[arg(long, default_value_t = 224)]
+    size: u32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PresetArg {
+    Train,
+    Eval,
+}
+
+impl From<PresetArg> for Preset {
+    fn from(p: PresetArg) -> Self {
+        match p {
+            PresetArg::Train => Preset::Train,
+            PresetArg::Eval => Preset::Eval,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Images/s of decode + resize + train augmentations + normalise through the loader.
+    Pipeline(BenchPipelineArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchPipelineArgs {
+    #[command(flatten)]
+    index: IndexArgs,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Output side (square, stretched like the Python peer's Resize((size, size))).
+    #[arg(long, default_value_t = 224)]
+    size: u32,
+    /// Use at most this many images (the peer's default is 2000).
+    #[arg(long, default_value_t = 2000)]
+    limit: usize,
+    /// Passes over the images; the best is reported.
+    #[arg(long, default_value_t = 2)]
+    epochs: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct DemoArgs {
     /// Working folder: the synthetic data goes to OUT/data, the manifest to OUT/split.csv.
     #[arg(long, default_value = "runs/demo")]
@@ -140,6 +211,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Split(a) => cmd_split(&a),
         Command::Check(a) => cmd_check(&a),
         Command::Synth(a) => cmd_synth(&a),
+        Command::AugmentPreview(a) => cmd_preview(&a),
+        Command::Bench(BenchCommand::Pipeline(a)) => cmd_bench_pipeline(&a),
         Command::Demo(a) => cmd_demo(&a),
     }
 }
@@ -372,5 +445,110 @@ fn stream_train_images(dataset: &Dataset, manifest: &Manifest, a: &DemoArgs) -> 
         a.threads,
         n as f64 / secs.max(1e-9)
     );
+    Ok(())
+}
+
+fn cmd_preview(a: &PreviewArgs) -> Result<()> {
+    let indexed = a.index.index()?;
+    let d = &indexed.dataset;
+    if d.is_empty() {
+        bail!("{}: no images to preview", a.index.root.display());
+    }
+    // Spread the rows over the data set.
+    let step = (d.len() / a.rows.max(1)).max(1);
+    let images = d
+        .images()
+        .iter()
+        .step_by(step)
+        .take(a.rows)
+        .map(|r| decode_file(&r.file(d.base()), ColorMode::Gray))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pipeline = Pipeline::new(
+        Preprocess {
+            normalize: mura_augment::Normalize::INCEPTION,
+            channels: 1,
+            ..Preprocess::imagenet(a.size)
+        },
+        Preset::from(a.preset).config(),
+        a.seed,
+    )?;
+    let (w, h, grid) = preview_grid(&pipeline, &images, a.columns)?;
+    write_gray_png(&a.out, w, h, &grid)?;
+    println!("wrote {} ({w}×{h}: {} images × {} draws)", a.out.display(), images.len(), a.columns);
+    Ok(())
+}
+
+/// Best images/s over `epochs` passes of `run`, which returns the number of images it produced.
+fn best_rate(epochs: u64, mut run: impl FnMut(u64) -> Result<usize>) -> Result<f64> {
+    let mut best = 0.0f64;
+    for epoch in 0..epochs.max(1) {
+        let t = Instant::now();
+        let n = run(epoch)?;
+        best = best.max(n as f64 / t.elapsed().as_secs_f64().max(1e-9));
+    }
+    Ok(best)
+}
+
+fn cmd_bench_pipeline(a: &BenchPipelineArgs) -> Result<()> {
+    let indexed = a.index.index()?;
+    let d = &indexed.dataset;
+    let files: Vec<PathBuf> = d.images().iter().take(a.limit).map(|r| r.file(d.base())).collect();
+    if files.is_empty() {
+        bail!("{}: no images to benchmark", a.index.root.display());
+    }
+    let loader = Loader::new(files.clone(), LoaderConfig { threads: a.threads, ..LoaderConfig::default() })?;
+    let pipeline = Pipeline::new(
+        Preprocess {
+            mode: ResizeMode::Stretch,
+            filter: Filter::Bilinear,
+            ..Preprocess::imagenet(a.size)
+        },
+        AugmentConfig::mura_paper(),
+        0,
+    )?;
+    let decode = best_rate(a.epochs, |epoch| {
+        let mut n = 0;
+        for s in loader.epoch(epoch) {
+            s?;
+            n += 1;
+        }
+        Ok(n)
+    })?;
+    let full = best_rate(a.epochs, |epoch| {
+        let epoch_samples = loader.epoch_with(epoch, move |i, img| {
+            pipeline.process(&img, epoch, i as u64).map_err(|e| DataError::InvalidConfig {
+                what: "augmentation",
+                reason: e.to_string(),
+            })
+        });
+        let mut n = 0;
+        for s in epoch_samples {
+            s?;
+            n += 1;
+        }
+        Ok(n)
+    })?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "impl": "mura",
+                "threads": a.threads,
+                "images": files.len(),
+                "size": a.size,
+                "images_per_sec": full,
+                "decode_images_per_sec": decode,
+                "ratio_to_decode": full / decode,
+            })
+        );
+    } else {
+        println!(
+            "mura pipeline threads={}: {full:.1} img/s (decode alone {decode:.1} img/s, {:.0}%) over {} images at {}px",
+            a.threads,
+            100.0 * full / decode,
+            files.len(),
+            a.size
+        );
+    }
     Ok(())
 }

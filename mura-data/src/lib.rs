@@ -16,7 +16,9 @@ pub use error::DataError;
 pub use index::{
     DATASET_DIR, IndexOptions, IndexSource, Indexed, SkipReason, Skipped, index, locate,
 };
-pub use loader::{ColorMode, DecodedImage, Loader, LoaderConfig, Sample, decode_file};
+pub use loader::{
+    ColorMode, DecodedImage, Loader, LoaderConfig, MAX_IMAGE_SIDE, Sample, decode_file,
+};
 pub use record::{BodyPart, ImageRecord, PatientKey, Split, UnknownBodyPart};
 pub use split::{
     MANIFEST_HEADER, Manifest, ManifestEntry, Role, SplitConfig, k_fold, train_val_test,

@@ -43,20 +43,28 @@ pub struct DecodedImage {
     pub pixels: Vec<u8>,
 }
 
+/// The largest width or height [`decode_file`] accepts (MURA's images are at most 512).
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
 /// Decodes one PNG or JPEG file (the format is read from its content) into 8-bit gray or RGB.
 ///
-/// A missing, truncated or corrupt file is an error naming the path. The `image` crate's default
-/// limits apply (no single allocation above 512 MiB), so a header claiming absurd dimensions is refused
-/// rather than allocated.
+/// A missing, truncated or corrupt file is an error naming the path. A header claiming more than
+/// [`MAX_IMAGE_SIDE`] pixels on a side (a decompression bomb) is refused before anything is
+/// allocated, and no decode may allocate more than 512 MiB.
 pub fn decode_file(path: &Path, color: ColorMode) -> Result<DecodedImage, DataError> {
     let decode_err = |e: image::ImageError| DataError::Decode {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
-    let reader = image::ImageReader::open(path)
+    let mut reader = image::ImageReader::open(path)
         .map_err(|e| DataError::io(path, e))?
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(512 << 20);
+    reader.limits(limits);
     let img = reader.decode().map_err(decode_err)?;
     let (width, height) = (img.width(), img.height());
     let pixels = match color {

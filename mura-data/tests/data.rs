@@ -800,3 +800,41 @@ fn walking_reports_unknown_folders_and_layout_errors() {
     assert_eq!(walked.dataset.len(), 6);
     assert_eq!(walked.skip_counts(), vec![(SkipReason::Unexpected, 1)]);
 }
+
+/// CRC-32 (IEEE), for hand-made PNG chunks.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    let mut body = kind.to_vec();
+    body.extend_from_slice(data);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32(&body).to_be_bytes());
+    out
+}
+
+#[test]
+fn decompression_bomb_header_is_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.png");
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = 20000u32.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&20000u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit gray
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    png.extend(chunk(b"IEND", &[]));
+    fs::write(&path, &png).unwrap();
+    let err = decode_file(&path, ColorMode::Gray).unwrap_err();
+    assert!(matches!(&err, DataError::Decode { path: p, .. } if *p == path), "{err:?}");
+    assert!(err.to_string().contains("bomb.png"), "{err}");
+}
