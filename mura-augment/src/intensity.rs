@@ -145,8 +145,8 @@ impl Clahe {
                 for h in hist.iter_mut() {
                     *h += bonus;
                 }
-                if residual > 0 {
-                    let step = (256 / residual).max(1) as usize;
+                if let Some(step) = 256u32.checked_div(residual) {
+                    let step = step.max(1) as usize;
                     let mut i = 0;
                     while i < 256 && residual > 0 {
                         hist[i] += 1;

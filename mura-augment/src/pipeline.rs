@@ -289,7 +289,7 @@ impl Pipeline {
         }
         p.normalize.check()?;
         Ok(Self {
-            preprocess: preprocess,
+            preprocess,
             augment,
             seed,
         })
@@ -373,7 +373,16 @@ impl Pipeline {
             c.clahe.apply(&mut worker.plane, w, h)?;
         }
         worker.row.resize(w, 0.0);
-        render_normalized(&worker.plane, w, h, &params, &p.normalize, p.channels, &mut worker.row, dst);
+        render_normalized(
+            &worker.plane,
+            w,
+            h,
+            &params,
+            &p.normalize,
+            p.channels,
+            &mut worker.row,
+            dst,
+        );
         Ok(params)
     }
 }
@@ -443,9 +452,19 @@ fn sample_row(plane: &[u8], w: usize, h: usize, map: &InverseMap, y: usize, row:
             let (a, b, c, d) = if x0 >= 0 && y0 >= 0 && x0 + 1 < wi && y0 + 1 < hi {
                 let i = y0 as usize * w + x0 as usize;
                 let (top, bottom) = (&plane[i..i + 2], &plane[i + w..i + w + 2]);
-                (u32::from(top[0]), u32::from(top[1]), u32::from(bottom[0]), u32::from(bottom[1]))
+                (
+                    u32::from(top[0]),
+                    u32::from(top[1]),
+                    u32::from(bottom[0]),
+                    u32::from(bottom[1]),
+                )
             } else {
-                (at(x0, y0), at(x0 + 1, y0), at(x0, y0 + 1), at(x0 + 1, y0 + 1))
+                (
+                    at(x0, y0),
+                    at(x0 + 1, y0),
+                    at(x0, y0 + 1),
+                    at(x0 + 1, y0 + 1),
+                )
             };
             let top = a * (256 - ax) + b * ax;
             let bottom = c * (256 - ax) + d * ax;
@@ -473,7 +492,9 @@ fn render_normalized(
     let map = InverseMap::new(w, h, params);
     let identity = params.is_geometric_identity();
     let intensity = params.brightness != 0.0 || params.contrast != 1.0;
-    let scale: Vec<(f32, f32)> = (0..channels).map(|c| (1.0 / norm.std[c], -norm.mean[c] / norm.std[c])).collect();
+    let scale: Vec<(f32, f32)> = (0..channels)
+        .map(|c| (1.0 / norm.std[c], -norm.mean[c] / norm.std[c]))
+        .collect();
     for y in 0..h {
         if identity {
             let sy = if params.vflip { h - 1 - y } else { y };

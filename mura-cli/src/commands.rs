@@ -8,8 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use mura_augment::{AugmentConfig, Filter, Pipeline, Preprocess, Preset, ResizeMode, preview_grid};
 use mura_data::synth::{SynthConfig, generate};
 use mura_data::{
-    BodyPart, ColorMode, DataError, Dataset, IndexOptions, Indexed, Loader, LoaderConfig, Manifest, Role, SplitConfig,
-    decode_file, image_sizes, index, k_fold, stats, train_val_test, write_gray_png,
+    BodyPart, ColorMode, DataError, Dataset, IndexOptions, Indexed, Loader, LoaderConfig, Manifest,
+    Role, SplitConfig, decode_file, image_sizes, index, k_fold, stats, train_val_test,
+    write_gray_png,
 };
 
 /// mura: train, evaluate and explain abnormality classifiers for musculoskeletal radiographs (MURA).
@@ -474,7 +475,12 @@ fn cmd_preview(a: &PreviewArgs) -> Result<()> {
     )?;
     let (w, h, grid) = preview_grid(&pipeline, &images, a.columns)?;
     write_gray_png(&a.out, w, h, &grid)?;
-    println!("wrote {} ({w}×{h}: {} images × {} draws)", a.out.display(), images.len(), a.columns);
+    println!(
+        "wrote {} ({w}×{h}: {} images × {} draws)",
+        a.out.display(),
+        images.len(),
+        a.columns
+    );
     Ok(())
 }
 
@@ -492,11 +498,22 @@ fn best_rate(epochs: u64, mut run: impl FnMut(u64) -> Result<usize>) -> Result<f
 fn cmd_bench_pipeline(a: &BenchPipelineArgs) -> Result<()> {
     let indexed = a.index.index()?;
     let d = &indexed.dataset;
-    let files: Vec<PathBuf> = d.images().iter().take(a.limit).map(|r| r.file(d.base())).collect();
+    let files: Vec<PathBuf> = d
+        .images()
+        .iter()
+        .take(a.limit)
+        .map(|r| r.file(d.base()))
+        .collect();
     if files.is_empty() {
         bail!("{}: no images to benchmark", a.index.root.display());
     }
-    let loader = Loader::new(files.clone(), LoaderConfig { threads: a.threads, ..LoaderConfig::default() })?;
+    let loader = Loader::new(
+        files.clone(),
+        LoaderConfig {
+            threads: a.threads,
+            ..LoaderConfig::default()
+        },
+    )?;
     let pipeline = Pipeline::new(
         Preprocess {
             mode: ResizeMode::Stretch,
@@ -516,10 +533,12 @@ fn cmd_bench_pipeline(a: &BenchPipelineArgs) -> Result<()> {
     })?;
     let full = best_rate(a.epochs, |epoch| {
         let epoch_samples = loader.epoch_with(epoch, move |i, img| {
-            pipeline.process(&img, epoch, i as u64).map_err(|e| DataError::InvalidConfig {
-                what: "augmentation",
-                reason: e.to_string(),
-            })
+            pipeline
+                .process(&img, epoch, i as u64)
+                .map_err(|e| DataError::InvalidConfig {
+                    what: "augmentation",
+                    reason: e.to_string(),
+                })
         });
         let mut n = 0;
         for s in epoch_samples {

@@ -258,16 +258,47 @@ fn bad_arguments_and_missing_root_fail_clearly() {
 fn bench_pipeline_reports_json_and_preview_writes_a_png() {
     let dir = tempfile::tempdir().unwrap();
     let root = synth(dir.path(), 10);
-    let o = mura(&["bench", "pipeline", root.to_str().unwrap(), "--threads", "2", "--size", "16", "--epochs", "1", "--json"]);
+    let o = mura(&[
+        "bench",
+        "pipeline",
+        root.to_str().unwrap(),
+        "--threads",
+        "2",
+        "--size",
+        "16",
+        "--epochs",
+        "1",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(json["images_per_sec"].as_f64().unwrap() > 0.0);
     assert!(json["decode_images_per_sec"].as_f64().unwrap() > 0.0);
     assert_eq!(json["threads"], 2);
     let png = dir.path().join("grid.png");
-    let o = mura(&["augment-preview", root.to_str().unwrap(), "--out", png.to_str().unwrap(), "--size", "20", "--rows", "2", "--columns", "3"]);
+    let o = mura(&[
+        "augment-preview",
+        root.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+        "--size",
+        "20",
+        "--rows",
+        "2",
+        "--columns",
+        "3",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let bytes = fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG"));
-    fails_with(&["bench", "pipeline", root.to_str().unwrap(), "--threads", "0"], "loader threads");
+    fails_with(
+        &[
+            "bench",
+            "pipeline",
+            root.to_str().unwrap(),
+            "--threads",
+            "0",
+        ],
+        "loader threads",
+    );
 }

@@ -652,7 +652,8 @@ fn write_png(
         source: e,
     })?;
     let writer = std::io::BufWriter::new(file);
-    let encoder = PngEncoder::new_with_quality(writer, CompressionType::Default, FilterType::Adaptive);
+    let encoder =
+        PngEncoder::new_with_quality(writer, CompressionType::Default, FilterType::Adaptive);
     let (bytes, color): (Vec<u8>, image::ExtendedColorType) = match format {
         FileFormat::Gray8 => (
             values.iter().map(|v| (v * 255.0).round() as u8).collect(),

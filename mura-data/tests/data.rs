@@ -807,7 +807,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -831,10 +835,16 @@ fn decompression_bomb_header_is_refused_before_allocating() {
     ihdr.extend_from_slice(&20000u32.to_be_bytes());
     ihdr.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit gray
     png.extend(chunk(b"IHDR", &ihdr));
-    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    png.extend(chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
     png.extend(chunk(b"IEND", &[]));
     fs::write(&path, &png).unwrap();
     let err = decode_file(&path, ColorMode::Gray).unwrap_err();
-    assert!(matches!(&err, DataError::Decode { path: p, .. } if *p == path), "{err:?}");
+    assert!(
+        matches!(&err, DataError::Decode { path: p, .. } if *p == path),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("bomb.png"), "{err}");
 }
