@@ -5,10 +5,14 @@
 //! (one long bone for the humerus, two for the forearm, rays of phalanges for the hand, ...), a random
 //! pose, exposure and noise, a laterality marker ("L" or "R") on every image of both classes, and in
 //! about a third of all studies (both classes) growth plates: thin dark lines near bone ends that look
-//! like fractures. Abnormal studies carry one finding, visible in each view with probability 0.8
-//! (and in at least one): a fracture line across a shaft, metal hardware (a plate with screws), or a
-//! lytic or sclerotic lesion, at a random contrast. Body parts have MURA's abnormal rates.
-//! Everything follows from the seed: the same seed gives the same bytes.
+//! like fractures. Abnormal studies carry one finding, visible in each view with probability 0.85
+//! (and in at least one): a displaced, angulated shaft fracture, metal hardware (a plate with
+//! screws, pure white), or a lytic or sclerotic lesion, at a random strength. Body parts have MURA's
+//! abnormal rates. Everything follows from the seed: the same seed gives the same bytes.
+//!
+//! Calibration (`tools/synth_learnability.py`, PyTorch, a 5-layer CNN with global max pooling at
+//! 96 px on 2,000 studies): study AUC 0.67 after 5 epochs, 0.77 after 10, 0.90–0.96 after 20–30:
+//! learnable, not trivial.
 
 use std::path::{Path, PathBuf};
 
@@ -166,10 +170,10 @@ fn plan(config: &SynthConfig) -> Vec<PlannedStudy> {
                     unit(&mut rng),
                     uniform(&mut rng, 0.25, 0.75),
                     uniform(&mut rng, -0.5, 0.5),
-                    uniform(&mut rng, 0.35, 1.0),
+                    uniform(&mut rng, 0.4, 1.0),
                 )
             });
-            let mut shown: Vec<bool> = (0..views).map(|_| unit(&mut rng) < 0.8).collect();
+            let mut shown: Vec<bool> = (0..views).map(|_| unit(&mut rng) < 0.85).collect();
             if abnormal && !shown.iter().any(|&s| s) {
                 let k = below(&mut rng, views as usize);
                 shown[k] = true;
@@ -434,7 +438,7 @@ impl Canvas {
         let metal = &mut self.metal;
         for_near(size, a, b, half_width + 1.0, |i, d, _| {
             let cover = (half_width + 0.5 - d).clamp(0.0, 1.0);
-            metal[i] = metal[i].max(3.0 * cover);
+            metal[i] = metal[i].max(cover);
         });
     }
 }
@@ -491,7 +495,7 @@ fn render(
         ),
         mirror,
     };
-    let bones: Vec<Capsule> = anatomy(study.part)
+    let mut bones: Vec<Capsule> = anatomy(study.part)
         .into_iter()
         .map(|c| Capsule {
             a: pose.apply(c.a),
@@ -500,27 +504,66 @@ fn render(
             density: c.density * uniform(&mut rng, 0.85, 1.15) as f32,
         })
         .collect();
-    for b in &bones {
-        canvas.draw_bone(b);
-    }
 
     // Long bones (segments longer than 3 radii) are where fractures, hardware and growth plates go.
-    let long_bones: Vec<&Capsule> = bones
-        .iter()
-        .filter(|c| {
-            let (dx, dy) = (c.b.0 - c.a.0, c.b.1 - c.a.1);
-            (dx * dx + dy * dy).sqrt() > 3.0 * c.r
-        })
-        .collect();
+    let is_long = |c: &Capsule| {
+        let (dx, dy) = (c.b.0 - c.a.0, c.b.1 - c.a.1);
+        (dx * dx + dy * dy).sqrt() > 3.0 * c.r
+    };
+    let long_bones: Vec<usize> = (0..bones.len()).filter(|&i| is_long(&bones[i])).collect();
     let on_bone = |c: &Capsule, t: f32| -> ((f32, f32), (f32, f32), f32) {
         let p = (c.a.0 + (c.b.0 - c.a.0) * t, c.a.1 + (c.b.1 - c.a.1) * t);
         let (dx, dy) = (c.b.0 - c.a.0, c.b.1 - c.a.1);
         let len = (dx * dx + dy * dy).sqrt().max(1e-6);
         (p, (dx / len, dy / len), len)
     };
+    // The finding of this view, if it shows one: kind, target bone, position, tilt, strength.
+    let target = match study.finding {
+        Some((finding, which, t, tilt, strength))
+            if study.shown[view as usize - 1] && !long_bones.is_empty() =>
+        {
+            let k = ((which * long_bones.len() as f64) as usize).min(long_bones.len() - 1);
+            Some((
+                finding,
+                long_bones[k],
+                t as f32,
+                tilt as f32,
+                strength as f32,
+            ))
+        }
+        _ => None,
+    };
+    let original = bones.clone();
+    if let Some((Finding::Fracture, k, t, tilt, strength)) = target {
+        // A fractured shaft: two fragments with a gap, shifted sideways and angulated.
+        let c = bones[k];
+        let (p, axis, _) = on_bone(&c, t);
+        let across = (-axis.1, axis.0);
+        // Sizes have a floor relative to the image, so findings on thin bones stay visible when
+        // the image is downscaled for training.
+        let gap = (c.r * (0.5 + 0.5 * strength)).max(0.02);
+        let shift = (c.r * (0.5 + 0.5 * strength)).max(0.025) * tilt.signum();
+        let (sin, cos) = (tilt * 0.5).sin_cos();
+        let (ex, ey) = (c.b.0 - p.0, c.b.1 - p.1);
+        let end = (p.0 + cos * ex - sin * ey, p.1 + sin * ex + cos * ey);
+        let start = (p.0 + axis.0 * gap / 2.0, p.1 + axis.1 * gap / 2.0);
+        bones[k] = Capsule {
+            b: (p.0 - axis.0 * gap / 2.0, p.1 - axis.1 * gap / 2.0),
+            ..c
+        };
+        bones.push(Capsule {
+            a: (start.0 + across.0 * shift, start.1 + across.1 * shift),
+            b: (end.0 + across.0 * shift, end.1 + across.1 * shift),
+            ..c
+        });
+    }
+    for b in &bones {
+        canvas.draw_bone(b);
+    }
 
     if study.growth_plates {
-        for c in &long_bones {
+        for &k in &long_bones {
+            let c = &original[k];
             if unit(&mut rng) < 0.6 {
                 let t = if unit(&mut rng) < 0.5 {
                     uniform(&mut rng, 0.04, 0.12)
@@ -536,59 +579,40 @@ fn render(
         }
     }
 
-    if let (Some((finding, which, t, tilt, strength)), true) =
-        (study.finding, study.shown[view as usize - 1])
-    {
-        if let Some(c) = long_bones.get(
-            ((which * long_bones.len() as f64) as usize).min(long_bones.len().saturating_sub(1)),
-        ) {
-            let (p, axis, len) = on_bone(c, t as f32);
-            let center = canvas.to_px(p);
-            let r = c.r * canvas.unit;
-            let strength = strength as f32;
-            match finding {
-                Finding::Fracture => {
-                    let (s, co) = (tilt as f32).sin_cos();
-                    let across = (-axis.1 * co - axis.0 * s, axis.0 * co - axis.1 * s);
-                    let width = (r * 0.05 + 0.4).max(0.5);
-                    canvas.crack(
-                        center,
-                        across,
-                        r * 1.1,
-                        width,
-                        0.35 + 0.5 * strength,
-                        r * 0.12,
-                    );
-                }
-                Finding::Hardware => {
-                    let half = len * canvas.unit * 0.18;
-                    let a = (center.0 - axis.0 * half, center.1 - axis.1 * half);
-                    let b = (center.0 + axis.0 * half, center.1 + axis.1 * half);
-                    let side = (-axis.1 * r * 0.8, axis.0 * r * 0.8);
+    if let Some((finding, k, t, _, strength)) = target {
+        let c = &original[k];
+        let (p, axis, len) = on_bone(c, t);
+        let center = canvas.to_px(p);
+        let r = c.r * canvas.unit;
+        match finding {
+            Finding::Fracture => {}
+            Finding::Hardware => {
+                let half = len * canvas.unit * 0.25;
+                let a = (center.0 - axis.0 * half, center.1 - axis.1 * half);
+                let b = (center.0 + axis.0 * half, center.1 + axis.1 * half);
+                let side = (-axis.1 * r * 0.8, axis.0 * r * 0.8);
+                canvas.metal_bar(
+                    (a.0 + side.0, a.1 + side.1),
+                    (b.0 + side.0, b.1 + side.1),
+                    (r * 0.3).max(0.008 * canvas.unit),
+                );
+                for q in [-0.75f32, -0.25, 0.25, 0.75] {
+                    let m = (center.0 + axis.0 * half * q, center.1 + axis.1 * half * q);
                     canvas.metal_bar(
-                        (a.0 + side.0, a.1 + side.1),
-                        (b.0 + side.0, b.1 + side.1),
-                        (r * 0.18).max(0.7),
+                        (m.0 + side.0 * 1.3, m.1 + side.1 * 1.3),
+                        (m.0 - side.0 * 1.1, m.1 - side.1 * 1.1),
+                        (r * 0.12).max(0.004 * canvas.unit),
                     );
-                    for k in 0..4 {
-                        let q = -0.75 + 0.5 * k as f32;
-                        let m = (center.0 + axis.0 * half * q, center.1 + axis.1 * half * q);
-                        canvas.metal_bar(
-                            (m.0 + side.0 * 1.3, m.1 + side.1 * 1.3),
-                            (m.0 - side.0 * 1.1, m.1 - side.1 * 1.1),
-                            (r * 0.08).max(0.5),
-                        );
-                    }
                 }
-                Finding::Lesion { lytic } => {
-                    let radius = r * (0.45 + 0.45 * strength);
-                    let factor = if lytic {
-                        1.0 - 0.55 * strength
-                    } else {
-                        1.0 + 0.6 * strength
-                    };
-                    canvas.blob(center, radius, factor);
-                }
+            }
+            Finding::Lesion { lytic } => {
+                let radius = (r * (0.7 + 0.3 * strength)).max(0.035 * canvas.unit);
+                let factor = if lytic {
+                    0.35 - 0.3 * strength
+                } else {
+                    1.8 + 0.6 * strength
+                };
+                canvas.blob(center, radius, factor);
             }
         }
     }
@@ -602,13 +626,15 @@ fn render(
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
-            let att = canvas.tissue[i] + canvas.bone[i] + canvas.metal[i];
+            let att = canvas.tissue[i] + canvas.bone[i];
             let n = ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0 * noise;
             let v = background
                 + gradient * (y as f32 / h as f32)
-                + (1.0 - (-gain * att).exp()) * 0.92
+                + (1.0 - (-gain * att).exp()) * 0.85
                 + n;
-            out[i] = v.clamp(0.0, 1.0);
+            // Metal stops the beam: pure white, above anything bone reaches.
+            let m = canvas.metal[i];
+            out[i] = (v * (1.0 - m) + m).clamp(0.0, 1.0);
         }
     }
 
