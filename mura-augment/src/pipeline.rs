@@ -243,7 +243,7 @@ pub struct Worker {
     resizer: GrayResizer,
     gray: Vec<u8>,
     plane: Vec<u8>,
-    row: Vec<f32>,
+    values: Vec<f32>,
 }
 
 thread_local! {
@@ -319,8 +319,16 @@ impl Pipeline {
         epoch: u64,
         index: u64,
     ) -> Result<Vec<f32>, AugmentError> {
-        let mut out = vec![0.0; self.output_len()];
-        self.process_into(image, epoch, index, &mut out)?;
+        let mut out = Vec::with_capacity(self.output_len());
+        WORKER.with(|w| {
+            self.run(
+                &mut w.borrow_mut(),
+                image,
+                epoch,
+                index,
+                Out::Append(&mut out),
+            )
+        })?;
         Ok(out)
     }
 
@@ -334,7 +342,6 @@ impl Pipeline {
         dst: &mut [f32],
     ) -> Result<Params, AugmentError> {
         let p = &self.preprocess;
-        let (w, h) = (p.width as usize, p.height as usize);
         if dst.len() != self.output_len() {
             return Err(AugmentError::DestinationSize {
                 channels: p.channels,
@@ -344,6 +351,19 @@ impl Pipeline {
                 found: dst.len(),
             });
         }
+        self.run(worker, image, epoch, index, Out::Slot(dst))
+    }
+
+    fn run(
+        &self,
+        worker: &mut Worker,
+        image: &DecodedImage,
+        epoch: u64,
+        index: u64,
+        out: Out<'_>,
+    ) -> Result<Params, AugmentError> {
+        let p = &self.preprocess;
+        let (w, h) = (p.width as usize, p.height as usize);
         let src: &[u8] = match image.color {
             ColorMode::Gray => &image.pixels,
             ColorMode::Rgb => {
@@ -372,17 +392,9 @@ impl Pipeline {
         if let (true, Some(c)) = (params.clahe, self.augment.clahe) {
             c.clahe.apply(&mut worker.plane, w, h)?;
         }
-        worker.row.resize(w, 0.0);
-        render_normalized(
-            &worker.plane,
-            w,
-            h,
-            &params,
-            &p.normalize,
-            p.channels,
-            &mut worker.row,
-            dst,
-        );
+        worker.values.resize(w * h, 0.0);
+        render_values(&worker.plane, w, h, &params, &mut worker.values);
+        write_channels(&worker.values, &p.normalize, p.channels, out);
         Ok(params)
     }
 }
@@ -475,27 +487,14 @@ fn sample_row(plane: &[u8], w: usize, h: usize, map: &InverseMap, y: usize, row:
     }
 }
 
-/// The fused final pass: geometric transform, brightness/contrast and normalisation of every channel,
-/// row by row into the CHW slot `dst`. `row` is scratch of length `w`.
-#[allow(clippy::too_many_arguments)]
-fn render_normalized(
-    plane: &[u8],
-    w: usize,
-    h: usize,
-    params: &Params,
-    norm: &Normalize,
-    channels: usize,
-    row: &mut [f32],
-    dst: &mut [f32],
-) {
+/// The geometric transform (flips, rotation, zoom, shift) and brightness/contrast of `plane`,
+/// as values in [0, 1], into `values` (`w`×`h`).
+fn render_values(plane: &[u8], w: usize, h: usize, params: &Params, values: &mut [f32]) {
     const INV: f32 = 1.0 / 255.0;
     let map = InverseMap::new(w, h, params);
     let identity = params.is_geometric_identity();
     let intensity = params.brightness != 0.0 || params.contrast != 1.0;
-    let scale: Vec<(f32, f32)> = (0..channels)
-        .map(|c| (1.0 / norm.std[c], -norm.mean[c] / norm.std[c]))
-        .collect();
-    for y in 0..h {
+    for (y, row) in values.chunks_exact_mut(w).enumerate() {
         if identity {
             let sy = if params.vflip { h - 1 - y } else { y };
             let src = &plane[sy * w..(sy + 1) * w];
@@ -516,10 +515,37 @@ fn render_normalized(
                 *v = ((*v - 0.5) * params.contrast + 0.5 + params.brightness).clamp(0.0, 1.0);
             }
         }
-        for (c, &(a, b)) in scale.iter().enumerate() {
-            let out = &mut dst[c * w * h + y * w..c * w * h + (y + 1) * w];
-            for (o, &v) in out.iter_mut().zip(row.iter()) {
-                *o = v * a + b;
+    }
+}
+
+/// Per channel, `value × a + b` normalises a [0, 1] value.
+fn channel_affine(norm: &Normalize, channels: usize) -> impl Iterator<Item = (f32, f32)> + '_ {
+    (0..channels).map(|c| (1.0 / norm.std[c], -norm.mean[c] / norm.std[c]))
+}
+
+/// Where a processed image goes.
+enum Out<'a> {
+    /// A caller's CHW slot of exactly the output length.
+    Slot(&'a mut [f32]),
+    /// Appended to a vector, each float written once (no zero-filling first).
+    Append(&'a mut Vec<f32>),
+}
+
+/// Normalises `values` into every output channel.
+fn write_channels(values: &[f32], norm: &Normalize, channels: usize, out: Out<'_>) {
+    match out {
+        Out::Slot(dst) => {
+            for ((a, b), plane) in
+                channel_affine(norm, channels).zip(dst.chunks_exact_mut(values.len()))
+            {
+                for (o, &v) in plane.iter_mut().zip(values) {
+                    *o = v * a + b;
+                }
+            }
+        }
+        Out::Append(dst) => {
+            for (a, b) in channel_affine(norm, channels) {
+                dst.extend(values.iter().map(|&v| v * a + b));
             }
         }
     }
@@ -694,9 +720,13 @@ mod tests {
             let mut reference = vec![0.0; w * h];
             render(&img.pixels, w, h, &p, &mut reference);
             let norm = Normalize::IMAGENET;
+            let mut values = vec![0.0; w * h];
+            render_values(&img.pixels, w, h, &p, &mut values);
             let mut fused = vec![0.0; 3 * w * h];
-            let mut row = vec![0.0; w];
-            render_normalized(&img.pixels, w, h, &p, &norm, 3, &mut row, &mut fused);
+            write_channels(&values, &norm, 3, Out::Slot(&mut fused));
+            let mut appended = Vec::new();
+            write_channels(&values, &norm, 3, Out::Append(&mut appended));
+            prop_assert_eq!(&appended, &fused);
             for c in 0..3 {
                 for i in 0..w * h {
                     let v = ((reference[i] - 0.5) * contrast + 0.5 + brightness).clamp(0.0, 1.0);
