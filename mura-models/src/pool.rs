@@ -131,18 +131,8 @@ impl Pool2d {
                     for ox in 0..ow {
                         let (rows, cols, divisor) = self.window(oy, ox, h, w);
                         dst[oy * ow + ox] = match self.kind {
-                            PoolKind::Max => {
-                                let mut best = f64::NEG_INFINITY;
-                                for y in rows {
-                                    for v in &src[y * w + cols.start..y * w + cols.end] {
-                                        let v = v.to_f64();
-                                        if v > best || v.is_nan() {
-                                            best = v;
-                                        }
-                                    }
-                                }
-                                T::from_f64(best)
-                            }
+                            PoolKind::Max => window_max(src, w, rows, cols)
+                                .map_or(T::from_f64(f64::NEG_INFINITY), |i| src[i]),
                             PoolKind::Avg { .. } => {
                                 let mut sum = 0.0;
                                 for y in rows {
@@ -178,22 +168,7 @@ impl Pool2d {
                         let gv = g[oy * ow + ox].to_f64();
                         match self.kind {
                             PoolKind::Max => {
-                                // The first maximum in scan order, as PyTorch picks it.
-                                let mut best = f64::NEG_INFINITY;
-                                let mut at = None;
-                                for y in rows {
-                                    for x in cols.clone() {
-                                        let v = src[y * w + x].to_f64();
-                                        if at.is_none()
-                                            || v > best
-                                            || (v.is_nan() && !best.is_nan())
-                                        {
-                                            best = v;
-                                            at = Some(y * w + x);
-                                        }
-                                    }
-                                }
-                                if let Some(i) = at {
+                                if let Some(i) = window_max(src, w, rows, cols) {
                                     acc[i] += gv;
                                 }
                             }
@@ -214,6 +189,28 @@ impl Pool2d {
             });
         Ok((out, Shape::from((n, c, h, w))))
     }
+}
+
+/// Index (in the plane) of the first maximum of a window in scan order, as PyTorch picks it; a NaN
+/// beats every number. `None` for an empty window.
+fn window_max<T: WithDType>(
+    src: &[T],
+    w: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> Option<usize> {
+    let mut best = f64::NEG_INFINITY;
+    let mut at = None;
+    for y in rows {
+        for x in cols.clone() {
+            let v = src[y * w + x].to_f64();
+            if at.is_none() || v > best || (v.is_nan() && !best.is_nan()) {
+                best = v;
+                at = Some(y * w + x);
+            }
+        }
+    }
+    at
 }
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> candle_core::Result<&'a [T]> {
