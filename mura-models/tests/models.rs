@@ -52,7 +52,7 @@ fn pooling_matches_pytorch() {
             let x = Tensor::from_vec(fixture.input.clone(), fixture.input_shape.as_slice(), &dev)
                 .unwrap();
             let x = if f32_run {
-                x.to_dtype(candle_core::DType::F32).unwrap()
+                x.to_dtype(DType::F32).unwrap()
             } else {
                 x
             };
@@ -65,7 +65,7 @@ fn pooling_matches_pytorch() {
                 .unwrap();
             let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
             let out: Vec<f64> = y
-                .to_dtype(candle_core::DType::F64)
+                .to_dtype(DType::F64)
                 .unwrap()
                 .flatten_all()
                 .unwrap()
@@ -74,7 +74,7 @@ fn pooling_matches_pytorch() {
             let grad: Vec<f64> = grads
                 .get(x.as_tensor())
                 .unwrap()
-                .to_dtype(candle_core::DType::F64)
+                .to_dtype(DType::F64)
                 .unwrap()
                 .flatten_all()
                 .unwrap()
@@ -96,4 +96,148 @@ fn pooling_matches_pytorch() {
             }
         }
     }
+}
+
+use candle_core::DType;
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use mura_models::{Cnn, CnnConfig, FilterGrowth, KernelGrowth, LocalPool, ModelError, Readout};
+
+/// The presets at a small input size, and one config that switches on everything else.
+fn contract_configs() -> Vec<CnnConfig> {
+    let mut configs: Vec<CnnConfig> = CnnConfig::PRESETS
+        .iter()
+        .map(|p| CnnConfig {
+            input_size: 64,
+            ..CnnConfig::preset(p).unwrap()
+        })
+        .collect();
+    configs.push(CnnConfig {
+        in_channels: 1,
+        input_size: 48,
+        blocks: 3,
+        convs_per_block: 2,
+        filters: 16,
+        growth: FilterGrowth::FunnelIn,
+        kernel: 7,
+        kernel_growth: KernelGrowth::FunnelIn,
+        stride: 1,
+        dilation: 2,
+        batch_norm: true,
+        pool: Some(LocalPool::Avg),
+        pool_after: vec![],
+        spatial_dropout: 0.5,
+        readout: Readout::GlobalMax,
+        attention: true,
+        dense: vec![32],
+        dropout: 0.5,
+        num_classes: 2,
+    });
+    configs
+}
+
+fn trainable_count(varmap: &VarMap) -> usize {
+    let data = varmap.data().lock().unwrap();
+    data.iter()
+        .filter(|(name, _)| !name.ends_with("running_mean") && !name.ends_with("running_var"))
+        .map(|(_, v)| v.elem_count())
+        .sum()
+}
+
+/// Every model: output shape, finite values, `num_features`, parameter count, save → load
+/// round-trip, and a few training steps that lower the loss on a fixed tiny batch.
+#[test]
+fn contract_over_every_cnn_config() {
+    let dev = Device::Cpu;
+    for config in contract_configs() {
+        let name = config.run_name();
+        let varmap = VarMap::new();
+        let model = Cnn::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        assert_eq!(
+            trainable_count(&varmap),
+            config.parameter_count().unwrap(),
+            "{name}"
+        );
+        let s = config.input_size;
+        let x = Tensor::randn(0f32, 1f32, (4, config.in_channels, s, s), &dev).unwrap();
+        let features = model.forward_features(&x, false).unwrap();
+        let logits = model.forward_head(&features, false).unwrap();
+        assert_eq!(logits.dims(), &[4, config.num_classes], "{name}");
+        let read = match config.readout {
+            Readout::Flatten => features.flatten_from(1).unwrap().dim(1).unwrap(),
+            Readout::GlobalAvg | Readout::GlobalMax => features.dim(1).unwrap(),
+        };
+        assert_eq!(read, config.num_features().unwrap(), "{name}");
+        let values: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(values.iter().all(|v| v.is_finite()), "{name}: {values:?}");
+
+        // Save, load into a fresh model, same outputs.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        varmap.save(&path).unwrap();
+        let mut other = VarMap::new();
+        let reloaded =
+            Cnn::new(&config, VarBuilder::from_varmap(&other, DType::F32, &dev)).unwrap();
+        other.load(&path).unwrap();
+        let again = reloaded.forward(&x, false).unwrap();
+        let diff = (again - &logits)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6, "{name}: reloaded model differs by {diff}");
+
+        // Training lowers the loss (dropout off so the loss is deterministic).
+        let quiet = CnnConfig {
+            dropout: 0.0,
+            spatial_dropout: 0.0,
+            ..config.clone()
+        };
+        let varmap = VarMap::new();
+        let model = Cnn::new(&quiet, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        let targets = Tensor::from_vec(
+            (0..4 * quiet.num_classes)
+                .map(|i| (i % 2) as f32)
+                .collect::<Vec<_>>(),
+            (4, quiet.num_classes),
+            &dev,
+        )
+        .unwrap();
+        let loss_of = |m: &Cnn| {
+            candle_nn::loss::binary_cross_entropy_with_logit(
+                &m.forward(&x, true).unwrap(),
+                &targets,
+            )
+            .unwrap()
+        };
+        let before = loss_of(&model).to_scalar::<f32>().unwrap();
+        let mut opt = candle_nn::AdamW::new_lr(varmap.all_vars(), 1e-3).unwrap();
+        for _ in 0..5 {
+            opt.backward_step(&loss_of(&model)).unwrap();
+        }
+        let after = loss_of(&model).to_scalar::<f32>().unwrap();
+        assert!(after < before, "{name}: loss {before} → {after}");
+    }
+}
+
+#[test]
+fn wrong_input_names_the_expected_shape() {
+    let dev = Device::Cpu;
+    let config = CnnConfig {
+        input_size: 64,
+        ..CnnConfig::custom_cnn()
+    };
+    let varmap = VarMap::new();
+    let model = Cnn::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+    let x = Tensor::zeros((2, 1, 64, 64), DType::F32, &dev).unwrap();
+    let err = model.forward(&x, false).unwrap_err();
+    assert!(matches!(err, ModelError::BadInput { .. }));
+    assert!(err.to_string().contains("N×3×64×64"), "{err}");
+    let x = Tensor::zeros((2, 3, 32, 32), DType::F32, &dev).unwrap();
+    assert!(
+        model.forward(&x, false).is_err(),
+        "flatten readout needs the configured size"
+    );
 }
