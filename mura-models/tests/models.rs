@@ -102,6 +102,39 @@ use candle_core::DType;
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use mura_models::{Cnn, CnnConfig, FilterGrowth, KernelGrowth, LocalPool, ModelError, Readout};
 
+/// Mean BCE on logits in the log-sum-exp form, max(z, 0) - z·t + ln(1 + e^-|z|).
+/// candle-nn's `binary_cross_entropy_with_logit` takes a sigmoid then a log, which gives NaN once a
+/// logit passes about 17 in f32 (seen here: vgg-style reached 17.9 after five steps).
+fn stable_bce_with_logits(z: &Tensor, t: &Tensor) -> Tensor {
+    let relu = z.relu().unwrap();
+    let soft = (z.abs().unwrap().neg().unwrap().exp().unwrap() + 1.0)
+        .unwrap()
+        .log()
+        .unwrap();
+    ((relu - (z * t).unwrap()).unwrap() + soft)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+}
+
+#[test]
+fn stable_bce_is_finite_where_candles_is_not() {
+    let dev = Device::Cpu;
+    let z = Tensor::new(&[[30f32], [-30.], [100.], [0.]], &dev).unwrap();
+    let t = Tensor::new(&[[1f32], [1.], [0.], [1.]], &dev).unwrap();
+    let ours = stable_bce_with_logits(&z, &t).to_scalar::<f32>().unwrap();
+    // (≈0 + 30 + 100 + ln 2) / 4
+    assert!((ours - (130.0 + 2f32.ln()) / 4.0).abs() < 1e-4, "{ours}");
+    let theirs = candle_nn::loss::binary_cross_entropy_with_logit(&z, &t)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        !theirs.is_finite(),
+        "candle-nn 0.11.1 was expected to overflow here, got {theirs}"
+    );
+}
+
 /// The presets at a small input size, and one config that switches on everything else.
 fn contract_configs() -> Vec<CnnConfig> {
     let mut configs: Vec<CnnConfig> = CnnConfig::PRESETS
@@ -135,6 +168,47 @@ fn contract_configs() -> Vec<CnnConfig> {
     configs
 }
 
+/// Deterministic values in [-1, 1) (xorshift), so the contract test does not depend on candle's
+/// unseeded initialisation.
+fn det_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Re-initialises every trainable tensor from a seed: weights uniform in ±1/√fan_in, biases and
+/// BatchNorm shifts 0, BatchNorm scales 1 (PyTorch's defaults in shape, without the randomness).
+fn seed_weights(varmap: &VarMap, seed: u64) {
+    let data = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for (k, name) in names.into_iter().enumerate() {
+        let var = &data[name];
+        let t = var.as_tensor();
+        let value = if name.ends_with("running_mean") || name.ends_with("bias") {
+            t.zeros_like().unwrap()
+        } else if name.ends_with("running_var") || name.ends_with("bn.weight") {
+            t.ones_like().unwrap()
+        } else if name.ends_with("gamma") {
+            t.zeros_like().unwrap()
+        } else {
+            let fan_in = (t.elem_count() / t.dims()[0]).max(1) as f32;
+            let v: Vec<f32> = det_values(t.elem_count(), seed + k as u64)
+                .iter()
+                .map(|x| x / fan_in.sqrt())
+                .collect();
+            Tensor::from_vec(v, t.shape(), t.device()).unwrap()
+        };
+        var.set(&value).unwrap();
+    }
+}
+
 fn trainable_count(varmap: &VarMap) -> usize {
     let data = varmap.data().lock().unwrap();
     data.iter()
@@ -158,7 +232,12 @@ fn contract_over_every_cnn_config() {
             "{name}"
         );
         let s = config.input_size;
-        let x = Tensor::randn(0f32, 1f32, (4, config.in_channels, s, s), &dev).unwrap();
+        let x = Tensor::from_vec(
+            det_values(4 * config.in_channels * s * s, 99),
+            (4, config.in_channels, s, s),
+            &dev,
+        )
+        .unwrap();
         let features = model.forward_features(&x, false).unwrap();
         let logits = model.forward_head(&features, false).unwrap();
         assert_eq!(logits.dims(), &[4, config.num_classes], "{name}");
@@ -197,6 +276,7 @@ fn contract_over_every_cnn_config() {
         };
         let varmap = VarMap::new();
         let model = Cnn::new(&quiet, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        seed_weights(&varmap, 7);
         let targets = Tensor::from_vec(
             (0..4 * quiet.num_classes)
                 .map(|i| (i % 2) as f32)
