@@ -3,9 +3,10 @@
 //! self-attention layer on the last feature map, and a dense head with dropout.
 
 use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{BatchNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::layers::{Conv, ConvConfig, Noise, conv, linear_forward};
 use crate::{ModelError, Pool2d};
 
 /// How the number of filters changes from block to block.
@@ -374,7 +375,7 @@ impl CnnConfig {
 /// One convolution with its optional BatchNorm.
 #[derive(Debug, Clone)]
 struct ConvUnit {
-    conv: Conv2d,
+    conv: Conv,
     bn: Option<BatchNorm>,
 }
 
@@ -387,20 +388,20 @@ struct Block {
 /// SAGAN-style self-attention: out = x + γ · softmax(qᵀk) v, with γ starting at 0.
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    query: Conv2d,
-    key: Conv2d,
-    value: Conv2d,
+    query: Conv,
+    key: Conv,
+    value: Conv,
     gamma: Tensor,
 }
 
 impl SelfAttention {
     fn new(c: usize, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         let q = (c / 8).max(1);
-        let cfg = Conv2dConfig::default();
+        let cfg = ConvConfig::k(1).bias(true);
         Ok(Self {
-            query: candle_nn::conv2d(c, q, 1, cfg, vb.pp("query"))?,
-            key: candle_nn::conv2d(c, q, 1, cfg, vb.pp("key"))?,
-            value: candle_nn::conv2d(c, c, 1, cfg, vb.pp("value"))?,
+            query: conv(c, q, cfg, vb.pp("query"))?,
+            key: conv(c, q, cfg, vb.pp("key"))?,
+            value: conv(c, c, cfg, vb.pp("value"))?,
             gamma: vb.get_with_hints(1, "gamma", candle_nn::Init::Const(0.0))?,
         })
     }
@@ -410,7 +411,12 @@ impl SelfAttention {
         let q = self.query.forward(x)?.flatten_from(2)?; // n, q, hw
         let k = self.key.forward(x)?.flatten_from(2)?;
         let v = self.value.forward(x)?.flatten_from(2)?; // n, c, hw
-        let attn = candle_nn::ops::softmax_last_dim(&q.transpose(1, 2)?.contiguous()?.matmul(&k)?)?; // n, hw, hw
+        // candle-nn's `softmax_last_dim` has no backward (it is applied with `apply_op1_no_bwd`, so
+        // the query and key would silently get no gradient); the composed `softmax` has one.
+        let attn = candle_nn::ops::softmax(
+            &q.transpose(1, 2)?.contiguous()?.matmul(&k)?,
+            candle_core::D::Minus1,
+        )?; // n, hw, hw
         let out = v
             .matmul(&attn.transpose(1, 2)?.contiguous()?)?
             .reshape((n, c, h, w))?;
@@ -426,6 +432,7 @@ pub struct Cnn {
     attention: Option<SelfAttention>,
     dense: Vec<Linear>,
     classifier: Linear,
+    noise: Noise,
 }
 
 impl Cnn {
@@ -441,13 +448,12 @@ impl Cnn {
             let mut convs = Vec::with_capacity(config.convs_per_block);
             for i in 0..config.convs_per_block {
                 let vb_c = vb_b.pp(format!("convs.{i}"));
-                let cfg = Conv2dConfig {
-                    padding: config.dilation * (k - 1) / 2,
-                    stride: if i == 0 { config.stride } else { 1 },
-                    dilation: config.dilation,
-                    ..Conv2dConfig::default()
-                };
-                let conv = candle_nn::conv2d(c_in, c, k, cfg, vb_c.pp("conv"))?;
+                let cfg = ConvConfig::k(k)
+                    .pad(config.dilation * (k - 1) / 2)
+                    .stride(if i == 0 { config.stride } else { 1 })
+                    .dilation(config.dilation)
+                    .bias(true);
+                let conv = conv(c_in, c, cfg, vb_c.pp("conv"))?;
                 let bn = if config.batch_norm {
                     Some(candle_nn::batch_norm(
                         c,
@@ -484,6 +490,7 @@ impl Cnn {
             attention,
             dense,
             classifier,
+            noise: Noise::default(),
         })
     }
 
@@ -496,20 +503,65 @@ impl Cnn {
         format!("blocks.{}", self.config.blocks - 1)
     }
 
-    /// The last feature map (N × C × h × w) after attention.
-    pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        let (_, c, h, w) = x.dims4()?;
+    /// Checks an input against the configured channels (and size, for the flatten readout).
+    pub fn check_input(&self, x: &Tensor) -> Result<(), ModelError> {
         let s = self.config.input_size;
-        if c != self.config.in_channels
-            || (self.config.readout == Readout::Flatten && (h != s || w != s))
-        {
-            return Err(ModelError::BadInput {
+        let ok = match x.dims() {
+            &[_, c, h, w] => {
+                c == self.config.in_channels
+                    && (self.config.readout != Readout::Flatten || (h == s && w == s))
+                    && h >= self.min_input()
+                    && w >= self.min_input()
+            }
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ModelError::BadInput {
                 expected: format!("N×{}×{s}×{s}", self.config.in_channels),
                 found: format!("{:?}", x.dims()),
-            });
+            })
         }
-        let mut x = x.clone();
-        for block in &self.blocks {
+    }
+
+    /// The smallest input side that survives every stride and pooling.
+    fn min_input(&self) -> usize {
+        let mut side = 1;
+        for b in (0..self.config.blocks).rev() {
+            if self.config.pools_after(b) {
+                side *= 2;
+            }
+            if self.config.stride > 1 {
+                side = (side - 1) * self.config.stride + 1;
+            }
+        }
+        side
+    }
+
+    /// Stage names, input to output: `blocks.{b}`, then `attention` when present.
+    pub fn stage_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = (0..self.blocks.len())
+            .map(|b| format!("blocks.{b}"))
+            .collect();
+        if self.attention.is_some() {
+            names.push("attention".into());
+        }
+        names
+    }
+
+    /// Tensor-name prefixes of stage `i`.
+    pub fn stage_prefixes(&self, i: usize) -> Vec<String> {
+        self.stage_names()
+            .get(i)
+            .map(|n| vec![format!("{n}.")])
+            .unwrap_or_default()
+    }
+
+    /// Runs stage `i` (a block, or the attention layer).
+    pub fn forward_stage(&self, i: usize, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        if let Some(block) = self.blocks.get(i) {
+            let mut x = x.clone();
             for unit in &block.convs {
                 x = unit.conv.forward(&x)?;
                 if let Some(bn) = &unit.bn {
@@ -517,15 +569,31 @@ impl Cnn {
                 }
                 x = x.relu()?;
             }
-            if train && self.config.spatial_dropout > 0.0 {
-                x = spatial_dropout(&x, self.config.spatial_dropout)?;
-            }
+            x = self
+                .noise
+                .dropout_channels(&x, self.config.spatial_dropout, train)?;
             if let Some(pool) = &block.pool {
                 x = pool.forward(&x)?;
             }
+            return Ok(x);
         }
-        if let Some(a) = &self.attention {
-            x = a.forward(&x)?;
+        match &self.attention {
+            Some(a) if i == self.blocks.len() => a.forward(x),
+            _ => candle_core::bail!("the CNN has no stage {i}"),
+        }
+    }
+
+    /// Reseeds the dropout stream (the training loop does it per step).
+    pub fn set_seed(&self, seed: u64) {
+        self.noise.reseed(seed);
+    }
+
+    /// The last feature map (N × C × h × w) after attention.
+    pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.check_input(x)?;
+        let mut x = x.clone();
+        for i in 0..self.stage_names().len() {
+            x = self.forward_stage(i, &x, train)?;
         }
         Ok(x)
     }
@@ -538,15 +606,13 @@ impl Cnn {
             Readout::GlobalMax => features.max(3)?.max(2)?,
         };
         for d in &self.dense {
-            x = d.forward(&x)?.relu()?;
-            if train && self.config.dropout > 0.0 {
-                x = candle_nn::ops::dropout(&x, self.config.dropout)?;
-            }
+            x = linear_forward(d, &x)?.relu()?;
+            x = self.noise.dropout(&x, self.config.dropout, train)?;
         }
-        if self.dense.is_empty() && train && self.config.dropout > 0.0 {
-            x = candle_nn::ops::dropout(&x, self.config.dropout)?;
+        if self.dense.is_empty() {
+            x = self.noise.dropout(&x, self.config.dropout, train)?;
         }
-        Ok(self.classifier.forward(&x)?)
+        Ok(linear_forward(&self.classifier, &x)?)
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
@@ -561,15 +627,6 @@ impl ModuleT for Cnn {
             other => candle_core::Error::Msg(other.to_string()),
         })
     }
-}
-
-/// Drops whole channels with probability `p` (Keras' SpatialDropout2D), scaling the rest by 1/(1-p).
-fn spatial_dropout(x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
-    let (n, c, _, _) = x.dims4()?;
-    let keep = Tensor::rand(0f32, 1f32, (n, c, 1, 1), x.device())?
-        .ge(f64::from(p))?
-        .to_dtype(x.dtype())?;
-    x.broadcast_mul(&(keep * (1.0 / (1.0 - f64::from(p))))?)
 }
 
 #[cfg(test)]

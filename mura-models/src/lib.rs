@@ -1,18 +1,53 @@
 #![doc = include_str!("../README.md")]
 
+pub mod checkpoint;
 pub mod cnn;
+pub mod densenet;
+pub mod head;
+pub mod inception;
+pub mod init;
+pub mod layers;
+pub mod model;
 pub mod pool;
+pub mod resnet;
+pub mod summary;
 
+pub use checkpoint::{LoadOptions, LoadReport, Mismatch, TensorInfo};
 pub use cnn::{Cnn, CnnConfig, FilterGrowth, KernelGrowth, LocalPool, Readout};
+pub use densenet::{DenseNet, DenseNetConfig};
+pub use head::{GlobalPool, Head, HeadConfig};
+pub use inception::{InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, InceptionV3};
+pub use init::init_seeded;
+pub use model::{Arch, Interpolation, Model, ModelConfig, PretrainedCfg, Trainable};
 pub use pool::{Pool2d, PoolKind};
+pub use resnet::{BlockKind, ResNet, ResNetConfig};
+pub use summary::{Summary, SummaryRow, summarize};
 
 /// The one error type of `mura-models`.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("invalid model config: {reason}")]
     BadConfig { reason: String },
+    #[error("unknown architecture `{name}` (known: {known})")]
+    UnknownArch { name: String, known: String },
+    #[error("{arch} has no stage `{name}` (stages: {stages})")]
+    UnknownStage {
+        name: String,
+        arch: String,
+        stages: String,
+    },
     #[error("input of shape {found} does not fit the model, which expects {expected}")]
     BadInput { expected: String, found: String },
+    #[error("{path}: cannot read checkpoint: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("{path}: cannot write: {reason}")]
+    Unwritable { path: String, reason: String },
+    #[error("{path} does not fit {arch}: {} tensor(s) at fault: {}", problems.len(), problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Checkpoint {
+        path: String,
+        arch: String,
+        problems: Vec<Mismatch>,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -2,6 +2,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "models/common.rs"]
+mod common;
+#[path = "models/contract.rs"]
+mod contract;
+#[path = "models/gradcheck.rs"]
+mod gradcheck;
+#[path = "models/zoo.rs"]
+mod zoo;
+
 use candle_core::{Device, Tensor, Var};
 use mura_models::{Pool2d, PoolKind};
 use serde::Deserialize;

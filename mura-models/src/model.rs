@@ -1,0 +1,619 @@
+//! One entry point for every network of the zoo: a typed [`ModelConfig`] (architecture, classes,
+//! channels, head), the [`Model`] built from it with `forward_features` / `forward_head`, stages
+//! for freezing and summaries, and each architecture's [`PretrainedCfg`].
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+use crate::cnn::{Cnn, CnnConfig};
+use crate::densenet::{DenseNet, DenseNetConfig};
+use crate::head::{GlobalPool, Head, HeadConfig};
+use crate::inception::InceptionV3;
+use crate::layers::{Noise, is_running_stat};
+use crate::resnet::{ResNet, ResNetConfig};
+
+/// Every architecture of the zoo, by the name users type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Arch {
+    #[serde(rename = "custom-cnn")]
+    CustomCnn,
+    #[serde(rename = "alexnet-style")]
+    AlexnetStyle,
+    #[serde(rename = "vgg-style")]
+    VggStyle,
+    #[serde(rename = "densenet121")]
+    DenseNet121,
+    #[serde(rename = "densenet169")]
+    DenseNet169,
+    #[serde(rename = "densenet201")]
+    DenseNet201,
+    #[serde(rename = "resnet18")]
+    ResNet18,
+    #[serde(rename = "resnet34")]
+    ResNet34,
+    #[serde(rename = "resnet50")]
+    ResNet50,
+    #[serde(rename = "inception_v3", alias = "inception-v3")]
+    InceptionV3,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 10] = [
+        Arch::CustomCnn,
+        Arch::AlexnetStyle,
+        Arch::VggStyle,
+        Arch::DenseNet121,
+        Arch::DenseNet169,
+        Arch::DenseNet201,
+        Arch::ResNet18,
+        Arch::ResNet34,
+        Arch::ResNet50,
+        Arch::InceptionV3,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CustomCnn => "custom-cnn",
+            Self::AlexnetStyle => "alexnet-style",
+            Self::VggStyle => "vgg-style",
+            Self::DenseNet121 => "densenet121",
+            Self::DenseNet169 => "densenet169",
+            Self::DenseNet201 => "densenet201",
+            Self::ResNet18 => "resnet18",
+            Self::ResNet34 => "resnet34",
+            Self::ResNet50 => "resnet50",
+            Self::InceptionV3 => "inception_v3",
+        }
+    }
+
+    /// Parses a name (`inception-v3` is accepted for `inception_v3`).
+    pub fn from_name(name: &str) -> Result<Self, ModelError> {
+        let wanted = name.replace('-', "_");
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name().replace('-', "_") == wanted)
+            .ok_or_else(|| ModelError::UnknownArch {
+                name: name.to_string(),
+                known: Self::ALL
+                    .iter()
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The custom CNN preset behind this name, if it is one.
+    pub fn cnn_preset(self) -> Option<CnnConfig> {
+        match self {
+            Self::CustomCnn => Some(CnnConfig::custom_cnn()),
+            Self::AlexnetStyle => Some(CnnConfig::alexnet_style()),
+            Self::VggStyle => Some(CnnConfig::vgg_style()),
+            _ => None,
+        }
+    }
+
+    /// The input side the architecture is used at (timm's for the zoo, the seeds' for the CNNs).
+    pub fn default_input_size(self) -> usize {
+        match self {
+            Self::InceptionV3 => 299,
+            a => a.cnn_preset().map_or(224, |c| c.input_size),
+        }
+    }
+
+    /// The timm weight tag whose layout this architecture has (`densenet121.tv_in1k`).
+    pub fn timm_tag(self) -> Option<String> {
+        self.cnn_preset()
+            .is_none()
+            .then(|| format!("{}.tv_in1k", self.name()))
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn one() -> usize {
+    1
+}
+
+fn three() -> usize {
+    3
+}
+
+/// Everything that decides a model's shape. Serialisable (`deny_unknown_fields`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    #[serde(default = "one")]
+    pub num_classes: usize,
+    /// 3 for ImageNet backbones (the gray radiograph replicated), 1 for gray-only networks.
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    /// Square input side; the architecture's default when absent.
+    #[serde(default)]
+    pub input_size: Option<usize>,
+    /// Head of a zoo backbone (the custom CNN family has its own, set in `cnn`).
+    #[serde(default)]
+    pub head: HeadConfig,
+    /// Global pooling before the head; the head's default (avg, max for add-gate) when absent.
+    #[serde(default)]
+    pub global_pool: Option<GlobalPool>,
+    /// A full custom CNN config replacing the preset's (custom CNN architectures only).
+    #[serde(default)]
+    pub cnn: Option<CnnConfig>,
+}
+
+impl ModelConfig {
+    /// The architecture with one logit, 3 channels, its default size and a linear head.
+    pub fn new(arch: Arch) -> Self {
+        Self {
+            arch,
+            num_classes: 1,
+            in_channels: arch.cnn_preset().map_or(3, |c| c.in_channels),
+            input_size: None,
+            head: HeadConfig::default(),
+            global_pool: None,
+            cnn: None,
+        }
+    }
+
+    pub fn input_size(&self) -> usize {
+        self.input_size
+            .unwrap_or_else(|| self.arch.default_input_size())
+    }
+
+    /// The custom CNN config with this config's classes, channels and size applied.
+    pub fn cnn_config(&self) -> Option<CnnConfig> {
+        let base = self.cnn.clone().or_else(|| self.arch.cnn_preset())?;
+        Some(CnnConfig {
+            num_classes: self.num_classes,
+            in_channels: self.in_channels,
+            input_size: self.input_size.unwrap_or(base.input_size),
+            ..base
+        })
+    }
+
+    pub fn check(&self) -> Result<(), ModelError> {
+        let bad = |reason: String| Err(ModelError::BadConfig { reason });
+        if self.num_classes == 0 || self.in_channels == 0 {
+            return bad("classes and input channels must be positive".into());
+        }
+        match self.cnn_config() {
+            Some(c) => {
+                if self.head != HeadConfig::default() || self.global_pool.is_some() {
+                    return bad(format!(
+                        "{} has its own head: set `cnn.dense`, `cnn.dropout` and `cnn.readout` instead of `head`",
+                        self.arch
+                    ));
+                }
+                c.check()
+            }
+            None => {
+                if self.cnn.is_some() {
+                    return bad(format!(
+                        "`cnn` settings apply to the custom CNN family, not {}",
+                        self.arch
+                    ));
+                }
+                let min = self.min_input_size();
+                if self.input_size() < min {
+                    return bad(format!(
+                        "{} needs inputs of at least {min}×{min}",
+                        self.arch
+                    ));
+                }
+                self.head.check()
+            }
+        }
+    }
+
+    fn min_input_size(&self) -> usize {
+        match self.arch {
+            Arch::InceptionV3 => InceptionV3::MIN_INPUT,
+            _ => 32,
+        }
+    }
+
+    /// A stable, human-readable name from the settings (`densenet169_lin_3in224`).
+    pub fn run_name(&self) -> String {
+        if let Some(c) = self.cnn_config() {
+            return c.run_name();
+        }
+        let mut name = format!("{}_{}", self.arch, self.head.tag());
+        if let Some(p) = self.global_pool
+            && p != self.head.default_pool()
+        {
+            name.push_str(match p {
+                GlobalPool::Avg => "_gap",
+                GlobalPool::Max => "_gmp",
+            });
+        }
+        if self.num_classes != 1 {
+            name.push_str(&format!("_c{}", self.num_classes));
+        }
+        name.push_str(&format!("_{}in{}", self.in_channels, self.input_size()));
+        name
+    }
+}
+
+/// Which part of a model trains.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trainable {
+    #[default]
+    All,
+    /// The backbone is frozen (eval-mode BatchNorm, no gradients); only the head trains.
+    Head,
+    /// Stages before the named one are frozen (`features.denseblock4`, `layer4`, `Mixed_7a`).
+    From(String),
+}
+
+/// Interpolation of a pretrained config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Interpolation {
+    Bilinear,
+    Bicubic,
+}
+
+/// How inputs must look for a model (timm's `pretrained_cfg`): size, normalisation, resize.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainedCfg {
+    /// timm's weight tag (`densenet121.tv_in1k`); none for the custom CNNs.
+    pub tag: Option<String>,
+    pub hf_hub_id: Option<String>,
+    /// Channels, height, width.
+    pub input_size: [usize; 3],
+    pub interpolation: Interpolation,
+    pub crop_pct: f64,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub first_conv: String,
+    pub classifier: String,
+}
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub const INCEPTION_MEAN: [f32; 3] = [0.5, 0.5, 0.5];
+pub const INCEPTION_STD: [f32; 3] = [0.5, 0.5, 0.5];
+
+#[derive(Debug, Clone)]
+enum Backbone {
+    DenseNet(DenseNet),
+    ResNet(ResNet),
+    Inception(InceptionV3),
+}
+
+#[derive(Debug, Clone)]
+enum Net {
+    Cnn(Box<Cnn>),
+    Zoo { backbone: Backbone, head: Head },
+}
+
+/// A built network of the zoo. `train` is passed to BatchNorm and dropout; frozen stages run in
+/// evaluation mode and are cut from the gradient graph.
+#[derive(Debug, Clone)]
+pub struct Model {
+    config: ModelConfig,
+    net: Net,
+    frozen_stages: usize,
+    noise: Noise,
+}
+
+impl Model {
+    /// Builds the model with its tensors under `vb` (names as timm's for the zoo backbones).
+    pub fn new(config: &ModelConfig, vb: VarBuilder<'_>) -> Result<Self, ModelError> {
+        config.check()?;
+        let c = config.in_channels;
+        let net = if let Some(cnn) = config.cnn_config() {
+            Net::Cnn(Box::new(Cnn::new(&cnn, vb)?))
+        } else {
+            let (backbone, features, classifier) = match config.arch {
+                Arch::DenseNet121 | Arch::DenseNet169 | Arch::DenseNet201 => {
+                    let cfg = match config.arch {
+                        Arch::DenseNet121 => DenseNetConfig::densenet121(),
+                        Arch::DenseNet169 => DenseNetConfig::densenet169(),
+                        _ => DenseNetConfig::densenet201(),
+                    };
+                    let d = DenseNet::new(&cfg, c, vb.clone())?;
+                    let f = d.num_features();
+                    (Backbone::DenseNet(d), f, "classifier")
+                }
+                Arch::ResNet18 | Arch::ResNet34 | Arch::ResNet50 => {
+                    let cfg = match config.arch {
+                        Arch::ResNet18 => ResNetConfig::resnet18(),
+                        Arch::ResNet34 => ResNetConfig::resnet34(),
+                        _ => ResNetConfig::resnet50(),
+                    };
+                    let r = ResNet::new(&cfg, c, vb.clone())?;
+                    let f = r.num_features();
+                    (Backbone::ResNet(r), f, "fc")
+                }
+                _ => (
+                    Backbone::Inception(InceptionV3::new(c, vb.clone())?),
+                    InceptionV3::NUM_FEATURES,
+                    "fc",
+                ),
+            };
+            let pool = config
+                .global_pool
+                .unwrap_or_else(|| config.head.default_pool());
+            let head = Head::new(
+                &config.head,
+                pool,
+                features,
+                config.num_classes,
+                classifier,
+                vb,
+            )?;
+            Net::Zoo { backbone, head }
+        };
+        Ok(Self {
+            config: config.clone(),
+            net,
+            frozen_stages: 0,
+            noise: Noise::default(),
+        })
+    }
+
+    /// A model with its tensors in a fresh `VarMap`, initialised from `seed` (see [`crate::init`]).
+    pub fn with_seed(
+        config: &ModelConfig,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Self, VarMap), ModelError> {
+        let varmap = VarMap::new();
+        let model = Self::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        crate::init::init_seeded(&varmap, seed)?;
+        Ok((model, varmap))
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.config.arch
+    }
+
+    /// Stage names, input to output; the head is not a stage.
+    pub fn stage_names(&self) -> Vec<String> {
+        match &self.net {
+            Net::Cnn(c) => c.stage_names(),
+            Net::Zoo { backbone, .. } => match backbone {
+                Backbone::DenseNet(b) => b.stage_names(),
+                Backbone::ResNet(b) => b.stage_names(),
+                Backbone::Inception(b) => b.stage_names(),
+            },
+        }
+    }
+
+    /// Tensor-name prefixes of stage `i`.
+    pub fn stage_prefixes(&self, i: usize) -> Vec<String> {
+        match &self.net {
+            Net::Cnn(c) => c.stage_prefixes(i),
+            Net::Zoo { backbone, .. } => match backbone {
+                Backbone::DenseNet(b) => b.stage_prefixes(i),
+                Backbone::ResNet(b) => b.stage_prefixes(i),
+                Backbone::Inception(b) => b.stage_prefixes(i),
+            },
+        }
+    }
+
+    /// Runs stage `i` alone.
+    pub fn forward_stage(&self, i: usize, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        Ok(match &self.net {
+            Net::Cnn(c) => c.forward_stage(i, x, train)?,
+            Net::Zoo { backbone, .. } => match backbone {
+                Backbone::DenseNet(b) => b.forward_stage(i, x, train)?,
+                Backbone::ResNet(b) => b.forward_stage(i, x, train)?,
+                Backbone::Inception(b) => b.forward_stage(i, x, train)?,
+            },
+        })
+    }
+
+    /// Checks an N×C×H×W input against the model's channels and size limits.
+    pub fn check_input(&self, x: &Tensor) -> Result<(), ModelError> {
+        if let Net::Cnn(c) = &self.net {
+            return c.check_input(x);
+        }
+        let min = self.config.min_input_size();
+        let ok = matches!(x.dims(), &[_, c, h, w] if c == self.config.in_channels && h >= min && w >= min);
+        if ok {
+            Ok(())
+        } else {
+            let s = self.config.input_size();
+            Err(ModelError::BadInput {
+                expected: format!(
+                    "N×{}×{s}×{s} (at least {min}×{min}) for {}",
+                    self.config.in_channels, self.config.arch
+                ),
+                found: format!("{:?}", x.dims()),
+            })
+        }
+    }
+
+    /// The last feature map, N×C×h×w.
+    pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.check_input(x)?;
+        let mut x = x.clone();
+        for i in 0..self.stage_names().len() {
+            let frozen = i < self.frozen_stages;
+            x = self.forward_stage(i, &x, train && !frozen)?;
+            if frozen {
+                x = x.detach();
+            }
+        }
+        Ok(x)
+    }
+
+    /// Pooling and head: N×classes logits.
+    pub fn forward_head(&self, features: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        match &self.net {
+            Net::Cnn(c) => c.forward_head(features, train),
+            Net::Zoo { head, .. } => Ok(head.forward(features, &self.noise, train)?),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.forward_head(&self.forward_features(x, train)?, train)
+    }
+
+    /// Length of the vector the head reads (channels of the last feature map, or the flattened map).
+    pub fn num_features(&self) -> usize {
+        match &self.net {
+            Net::Cnn(c) => c.config().num_features().unwrap_or(0),
+            Net::Zoo { backbone, .. } => match backbone {
+                Backbone::DenseNet(b) => b.num_features(),
+                Backbone::ResNet(b) => b.num_features(),
+                Backbone::Inception(_) => InceptionV3::NUM_FEATURES,
+            },
+        }
+    }
+
+    /// The name of the last convolutional feature map (what Grad-CAM reads): the output of the
+    /// last stage (`features.norm5`, `layer4`, `Mixed_7c`, `blocks.5`).
+    pub fn last_feature_map(&self) -> String {
+        self.stage_names().pop().unwrap_or_default()
+    }
+
+    /// Tensor-name prefixes of the head.
+    pub fn head_prefixes(&self) -> Vec<String> {
+        match &self.net {
+            Net::Cnn(_) => vec!["head.".into()],
+            Net::Zoo { head, .. } => head.prefixes(),
+        }
+    }
+
+    /// Name of the final dense layer (`classifier`, `fc`, `head.classifier`).
+    pub fn classifier_name(&self) -> String {
+        match &self.net {
+            Net::Cnn(_) => "head.classifier".into(),
+            Net::Zoo { head, .. } => head.classifier_name().into(),
+        }
+    }
+
+    /// Input size, normalisation and resize of this architecture (timm's `pretrained_cfg` for the
+    /// zoo; ImageNet statistics and bilinear stretch for the custom CNNs).
+    pub fn pretrained_cfg(&self) -> PretrainedCfg {
+        let s = self.config.input_size();
+        let c = self.config.in_channels;
+        let (first_conv, interpolation, mean, std) = match self.config.arch {
+            Arch::DenseNet121 | Arch::DenseNet169 | Arch::DenseNet201 => (
+                "features.conv0",
+                Interpolation::Bicubic,
+                IMAGENET_MEAN,
+                IMAGENET_STD,
+            ),
+            Arch::ResNet18 | Arch::ResNet34 | Arch::ResNet50 => (
+                "conv1",
+                Interpolation::Bilinear,
+                IMAGENET_MEAN,
+                IMAGENET_STD,
+            ),
+            Arch::InceptionV3 => (
+                "Conv2d_1a_3x3.conv",
+                Interpolation::Bicubic,
+                INCEPTION_MEAN,
+                INCEPTION_STD,
+            ),
+            _ => (
+                "blocks.0.convs.0.conv",
+                Interpolation::Bilinear,
+                IMAGENET_MEAN,
+                IMAGENET_STD,
+            ),
+        };
+        let tag = self.config.arch.timm_tag();
+        PretrainedCfg {
+            hf_hub_id: tag.as_ref().map(|t| format!("timm/{t}")),
+            tag,
+            input_size: [c, s, s],
+            interpolation,
+            crop_pct: if self.net_is_cnn() { 1.0 } else { 0.875 },
+            mean,
+            std,
+            first_conv: first_conv.into(),
+            classifier: self.classifier_name(),
+        }
+    }
+
+    fn net_is_cnn(&self) -> bool {
+        matches!(self.net, Net::Cnn(_))
+    }
+
+    /// Freezes the backbone in part or whole. Unknown stage names are refused with the valid ones.
+    pub fn set_trainable(&mut self, trainable: &Trainable) -> Result<(), ModelError> {
+        let names = self.stage_names();
+        self.frozen_stages = match trainable {
+            Trainable::All => 0,
+            Trainable::Head => names.len(),
+            Trainable::From(stage) => {
+                names
+                    .iter()
+                    .position(|n| n == stage)
+                    .ok_or_else(|| ModelError::UnknownStage {
+                        name: stage.clone(),
+                        arch: self.config.arch.to_string(),
+                        stages: names.join(", "),
+                    })?
+            }
+        };
+        Ok(())
+    }
+
+    /// Number of leading stages that are frozen.
+    pub fn frozen_stages(&self) -> usize {
+        self.frozen_stages
+    }
+
+    /// True when `name` belongs to a frozen stage.
+    pub fn is_frozen(&self, name: &str) -> bool {
+        (0..self.frozen_stages).any(|i| self.stage_prefixes(i).iter().any(|p| name.starts_with(p)))
+    }
+
+    /// The variables an optimiser should update, sorted by name: no BatchNorm running statistics and
+    /// nothing of a frozen stage.
+    pub fn trainable_vars(&self, varmap: &VarMap) -> Vec<(String, Var)> {
+        let data = match varmap.data().lock() {
+            Ok(d) => d,
+            Err(p) => p.into_inner(),
+        };
+        let mut vars: Vec<(String, Var)> = data
+            .iter()
+            .filter(|(name, _)| !is_running_stat(name) && !self.is_frozen(name))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Reseeds dropout (the training loop does it once per step from the run's seed).
+    pub fn set_seed(&self, seed: u64) {
+        self.noise.reseed(seed);
+        if let Net::Cnn(c) = &self.net {
+            c.set_seed(seed);
+        }
+    }
+
+    /// Checkpoint tensors this architecture accepts and ignores (Inception-v3's auxiliary
+    /// classifier, BatchNorm's `num_batches_tracked`).
+    pub fn ignores_tensor(&self, name: &str) -> bool {
+        name.ends_with("num_batches_tracked")
+            || (self.config.arch == Arch::InceptionV3 && name.starts_with("AuxLogits."))
+    }
+}
+
+impl candle_core::ModuleT for Model {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.forward(x, train).map_err(|e| match e {
+            ModelError::Candle(e) => e,
+            other => candle_core::Error::Msg(other.to_string()),
+        })
+    }
+}
