@@ -12,6 +12,8 @@ use mura_data::{
     Role, SplitConfig, decode_file, image_sizes, index, k_fold, stats, train_val_test,
     write_gray_png,
 };
+use mura_models::checkpoint::{self, LoadOptions};
+use mura_models::{Arch, HeadConfig, Model, ModelConfig, Trainable, summarize};
 
 /// mura: train, evaluate and explain abnormality classifiers for musculoskeletal radiographs (MURA).
 #[derive(Debug, Parser)]
@@ -43,6 +45,73 @@ enum Command {
     /// The main job on the built-in synthetic data: generate it if absent, index, inspect, split,
     /// and stream the training images through the loader.
     Demo(DemoArgs),
+    /// The model zoo: `mura model list`; `mura model ARCH --summary`; `--weights FILE --check`
+    /// (does the checkpoint fit?); `--weights FILE --forward IN.safetensors --out OUT.safetensors`
+    /// (eval-mode logits of the tensor `input`, written as `logits`).
+    Model(ModelArgs),
+}
+
+#[derive(Debug, Args)]
+struct ModelArgs {
+    /// An architecture (custom-cnn, alexnet-style, vgg-style, densenet121/169/201, resnet18/34/50,
+    /// inception_v3), or `list` for all of them.
+    arch: String,
+    /// Outputs of the classifier (1 = one abnormality logit; 1000 loads an ImageNet checkpoint).
+    #[arg(long, default_value_t = 1)]
+    num_classes: usize,
+    /// Input channels (3 = the gray image replicated for ImageNet backbones, 1 = gray).
+    #[arg(long)]
+    in_channels: Option<usize>,
+    /// Square input side; the architecture's default when absent.
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Head of a zoo backbone.
+    #[arg(long, value_enum, default_value_t = HeadArg::Linear)]
+    head: HeadArg,
+    /// Freeze the stages before this one (`features.denseblock4`, `layer4`, `Mixed_7a`) in the summary.
+    #[arg(long)]
+    trainable_from: Option<String>,
+    /// Print the layer table: output shapes, parameters, MACs and GFLOPs.
+    #[arg(long)]
+    summary: bool,
+    /// A `.safetensors` checkpoint (timm's `model.safetensors` or one of ours).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Check that --weights fits the architecture; list every mismatched tensor.
+    #[arg(long)]
+    check: bool,
+    /// Run the model (eval mode) on the tensor `input` (N×C×H×W, f32) of this file.
+    #[arg(long)]
+    forward: Option<PathBuf>,
+    /// Where --forward writes the tensor `logits`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print JSON (list and summary).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum HeadArg {
+    /// Global average pooling and one dense layer (timm's head).
+    Linear,
+    /// Seed 000's MLP: 512 → 512, dropout 0.25.
+    MlpSeed000,
+    /// Seed 003's MLP: 1024 → 512, dropout 0.5.
+    MlpSeed003,
+    /// Seed 002's add-gate head on global max pooling.
+    AddGate,
+}
+
+impl HeadArg {
+    fn config(self) -> HeadConfig {
+        match self {
+            Self::Linear => HeadConfig::default(),
+            Self::MlpSeed000 => HeadConfig::mlp_seed000(),
+            Self::MlpSeed003 => HeadConfig::mlp_seed003(),
+            Self::AddGate => HeadConfig::add_gate_seed002(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -215,7 +284,136 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::AugmentPreview(a) => cmd_preview(&a),
         Command::Bench(BenchCommand::Pipeline(a)) => cmd_bench_pipeline(&a),
         Command::Demo(a) => cmd_demo(&a),
+        Command::Model(a) => cmd_model(&a),
     }
+}
+
+fn model_config(a: &ModelArgs, arch: Arch) -> ModelConfig {
+    let base = ModelConfig::new(arch);
+    ModelConfig {
+        num_classes: a.num_classes,
+        in_channels: a.in_channels.unwrap_or(base.in_channels),
+        input_size: a.image_size,
+        head: if arch.cnn_preset().is_some() {
+            HeadConfig::default()
+        } else {
+            a.head.config()
+        },
+        ..base
+    }
+}
+
+fn cmd_model(a: &ModelArgs) -> Result<()> {
+    let dev = candle_core::Device::Cpu;
+    if a.arch == "list" {
+        let mut rows = Vec::new();
+        for arch in Arch::ALL {
+            let config = model_config(a, arch);
+            let varmap = candle_nn::VarMap::new();
+            let model = Model::new(
+                &config,
+                candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev),
+            )?;
+            let params: usize = model
+                .trainable_vars(&varmap)
+                .iter()
+                .map(|(_, v)| v.elem_count())
+                .sum();
+            rows.push((
+                arch,
+                config.input_size(),
+                config.in_channels,
+                params,
+                model.num_features(),
+            ));
+        }
+        if a.json {
+            let v: Vec<_> = rows
+                .iter()
+                .map(|(arch, s, c, p, f)| {
+                    serde_json::json!({"arch": arch.name(), "input_size": s, "in_channels": c, "params": p, "num_features": f, "timm_tag": arch.timm_tag()})
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!(
+                "{:<15} {:>9} {:>13} {:>9}  timm weights",
+                "model", "input", "params", "features"
+            );
+            for (arch, s, c, p, f) in rows {
+                println!(
+                    "{:<15} {:>9} {:>13} {:>9}  {}",
+                    arch.name(),
+                    format!("{c}×{s}×{s}"),
+                    p,
+                    f,
+                    arch.timm_tag().unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        return Ok(());
+    }
+    let arch = Arch::from_name(&a.arch)?;
+    let config = model_config(a, arch);
+    let (mut model, varmap) = Model::with_seed(&config, 0, &dev)?;
+    if let Some(stage) = &a.trainable_from {
+        model.set_trainable(&Trainable::From(stage.clone()))?;
+    }
+    let mut did = false;
+    if a.check {
+        let Some(weights) = &a.weights else {
+            bail!("--check needs --weights FILE");
+        };
+        let problems = checkpoint::check(&model, &varmap, weights, LoadOptions::default())?;
+        if !problems.is_empty() {
+            for p in &problems {
+                println!("{p}");
+            }
+            bail!(
+                "{} does not fit {}: {} tensor(s) at fault (listed above)",
+                weights.display(),
+                config.run_name(),
+                problems.len()
+            );
+        }
+        let n = checkpoint::read_header(weights)?.len();
+        println!(
+            "{} fits {} ({n} tensors)",
+            weights.display(),
+            config.run_name()
+        );
+        did = true;
+    }
+    if let Some(input) = &a.forward {
+        let (Some(weights), Some(out)) = (&a.weights, &a.out) else {
+            bail!("--forward needs --weights FILE and --out OUT.safetensors");
+        };
+        let report = checkpoint::load(&model, &varmap, weights, LoadOptions::default())?;
+        let x = checkpoint::read_tensor(input, "input", &dev)?;
+        let logits = model
+            .forward(&x, false)
+            .with_context(|| format!("running {} on `input` of {}", arch, input.display()))?;
+        let mut tensors = std::collections::HashMap::new();
+        tensors.insert("logits".to_string(), logits.clone());
+        checkpoint::save_atomic(&tensors, out)?;
+        println!(
+            "wrote logits {:?} to {} ({} tensors loaded, {} ignored)",
+            logits.dims(),
+            out.display(),
+            report.loaded,
+            report.ignored.len()
+        );
+        did = true;
+    }
+    if a.summary || !did {
+        let s = summarize(&model, &varmap, &dev)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            println!("{s}");
+        }
+    }
+    Ok(())
 }
 
 fn report_skips(indexed: &Indexed) {

@@ -324,3 +324,30 @@ pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect()
 }
+
+/// Reads the tensor `name` of a `.safetensors` file as f32; a missing file, tensor or a non-float
+/// tensor is an error naming both.
+pub fn read_tensor(
+    path: &Path,
+    name: &str,
+    device: &candle_core::Device,
+) -> Result<Tensor, ModelError> {
+    let bytes = read(path)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| unreadable(path, e))?;
+    let view = st.tensor(name).map_err(|_| {
+        let mut names = st.names();
+        names.sort();
+        let names: Vec<String> = names.into_iter().map(|n| n.to_string()).collect();
+        unreadable(
+            path,
+            format!("no tensor named `{name}` (found: {})", names.join(", ")),
+        )
+    })?;
+    let dtype = float_dtype(view.dtype()).ok_or_else(|| {
+        unreadable(
+            path,
+            format!("`{name}` is {:?}, not a float tensor", view.dtype()),
+        )
+    })?;
+    Ok(Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)?.to_dtype(DType::F32)?)
+}
