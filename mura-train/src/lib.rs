@@ -1,8 +1,26 @@
 #![doc = include_str!("../README.md")]
 
+pub mod loss;
+pub mod optim;
 pub mod policy;
 
+pub use loss::{bce_with_logits, l2_penalty};
+pub use optim::{Optim, OptimizerConfig};
 pub use policy::{
-    EarlyStopping, EarlyStoppingConfig, Mode, Monitor, Plateau, PlateauConfig, PolicyError,
-    StopDecision,
+    EarlyStopping, EarlyStoppingConfig, Mode, Monitor, Plateau, PlateauConfig, StopDecision,
 };
+
+/// The one error type of `mura-train`.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{what} must be {expected}, got {value}")]
+    BadParameter {
+        what: &'static str,
+        expected: &'static str,
+        value: f64,
+    },
+    #[error("optimiser state does not fit: {reason}")]
+    BadOptimizerState { reason: String },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

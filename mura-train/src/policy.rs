@@ -5,16 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The one error type of `mura-train` (so far: policy configuration).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PolicyError {
-    #[error("{what} must be {expected}, got {value}")]
-    BadParameter {
-        what: &'static str,
-        expected: &'static str,
-        value: f64,
-    },
-}
+use crate::TrainError;
 
 /// Whether smaller or larger values of the monitored quantity are better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,11 +45,11 @@ fn improves(mode: Mode, value: f64, best: Option<f64>, min_delta: f64) -> bool {
     }
 }
 
-fn non_negative(what: &'static str, value: f64) -> Result<(), PolicyError> {
+fn non_negative(what: &'static str, value: f64) -> Result<(), TrainError> {
     if value.is_finite() && value >= 0.0 {
         Ok(())
     } else {
-        Err(PolicyError::BadParameter {
+        Err(TrainError::BadParameter {
             what,
             expected: "finite and non-negative",
             value,
@@ -94,7 +85,7 @@ pub struct EarlyStopping {
 }
 
 impl EarlyStopping {
-    pub fn new(config: EarlyStoppingConfig) -> Result<Self, PolicyError> {
+    pub fn new(config: EarlyStoppingConfig) -> Result<Self, TrainError> {
         non_negative("early-stopping min_delta", config.min_delta)?;
         Ok(Self {
             config,
@@ -150,9 +141,9 @@ pub struct Plateau {
 }
 
 impl Plateau {
-    pub fn new(config: PlateauConfig) -> Result<Self, PolicyError> {
+    pub fn new(config: PlateauConfig) -> Result<Self, TrainError> {
         if !(config.factor > 0.0 && config.factor < 1.0) {
-            return Err(PolicyError::BadParameter {
+            return Err(TrainError::BadParameter {
                 what: "plateau factor",
                 expected: "in (0, 1)",
                 value: config.factor,

@@ -1,0 +1,406 @@
+//! Optimisers whose whole state (moments, per-tensor step counts, learning rate) can be saved with a
+//! checkpoint and restored, so a resumed run continues exactly: Adam (L2 weight decay added to the
+//! gradient), AdamW (decoupled weight decay) and SGD with momentum and Nesterov, all with PyTorch's
+//! update rules (`torch.optim`), checked against it. candle's AdamW keeps its state private and its
+//! SGD has no momentum.
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.999
+}
+fn eps() -> f64 {
+    1e-8
+}
+fn adamw_decay() -> f64 {
+    0.01
+}
+
+/// Which optimiser, with PyTorch's defaults where a field is left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    Adam {
+        lr: f64,
+        #[serde(default = "beta1")]
+        beta1: f64,
+        #[serde(default = "beta2")]
+        beta2: f64,
+        #[serde(default = "eps")]
+        eps: f64,
+        /// L2 penalty added to the gradient (PyTorch's `Adam(weight_decay=)`).
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    #[serde(rename = "adamw")]
+    AdamW {
+        lr: f64,
+        #[serde(default = "beta1")]
+        beta1: f64,
+        #[serde(default = "beta2")]
+        beta2: f64,
+        #[serde(default = "eps")]
+        eps: f64,
+        /// Decoupled decay: p ← p·(1 − lr·wd) before the Adam step.
+        #[serde(default = "adamw_decay")]
+        weight_decay: f64,
+    },
+    Sgd {
+        lr: f64,
+        #[serde(default)]
+        momentum: f64,
+        #[serde(default)]
+        nesterov: bool,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+}
+
+impl OptimizerConfig {
+    /// Adam with PyTorch's defaults at learning rate `lr`.
+    pub fn adam(lr: f64) -> Self {
+        Self::Adam {
+            lr,
+            beta1: beta1(),
+            beta2: beta2(),
+            eps: eps(),
+            weight_decay: 0.0,
+        }
+    }
+
+    pub fn lr(&self) -> f64 {
+        match self {
+            Self::Adam { lr, .. } | Self::AdamW { lr, .. } | Self::Sgd { lr, .. } => *lr,
+        }
+    }
+
+    pub fn check(&self) -> Result<(), TrainError> {
+        let bad = |what: &'static str, expected: &'static str, value: f64| {
+            Err(TrainError::BadParameter {
+                what,
+                expected,
+                value,
+            })
+        };
+        let lr = self.lr();
+        if !(lr.is_finite() && lr > 0.0) {
+            return bad("learning rate", "positive", lr);
+        }
+        match *self {
+            Self::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            }
+            | Self::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                for (what, b) in [("beta1", beta1), ("beta2", beta2)] {
+                    if !(0.0..1.0).contains(&b) {
+                        return bad(what, "in [0, 1)", b);
+                    }
+                }
+                if eps.is_nan() || eps <= 0.0 {
+                    return bad("eps", "positive", eps);
+                }
+                if weight_decay.is_nan() || weight_decay < 0.0 {
+                    return bad("weight decay", "non-negative", weight_decay);
+                }
+            }
+            Self::Sgd {
+                momentum,
+                weight_decay,
+                ..
+            } => {
+                if !(0.0..1.0).contains(&momentum) {
+                    return bad("momentum", "in [0, 1)", momentum);
+                }
+                if weight_decay.is_nan() || weight_decay < 0.0 {
+                    return bad("weight decay", "non-negative", weight_decay);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-tensor state: first moment (or momentum buffer), second moment, steps taken.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    m: Option<Tensor>,
+    v: Option<Tensor>,
+    steps: u64,
+}
+
+/// An optimiser over named variables.
+#[derive(Debug)]
+pub struct Optim {
+    config: OptimizerConfig,
+    lr: f64,
+    vars: Vec<(String, Var)>,
+    slots: Vec<Slot>,
+}
+
+impl Optim {
+    pub fn new(config: OptimizerConfig, vars: Vec<(String, Var)>) -> Result<Self, TrainError> {
+        config.check()?;
+        let slots = vec![Slot::default(); vars.len()];
+        Ok(Self {
+            lr: config.lr(),
+            config,
+            vars,
+            slots,
+        })
+    }
+
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    pub fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    /// Applies one update from `grads`; variables without a gradient are left alone (their state
+    /// does not advance), as in PyTorch.
+    pub fn step(&mut self, grads: &GradStore) -> Result<(), TrainError> {
+        let lr = self.lr;
+        for ((_, var), slot) in self.vars.iter().zip(self.slots.iter_mut()) {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let p = var.as_tensor();
+            let g = g.to_dtype(p.dtype())?;
+            slot.steps += 1;
+            let next = match self.config {
+                OptimizerConfig::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ..
+                } => {
+                    let g = if weight_decay > 0.0 {
+                        (g + (p * weight_decay)?)?
+                    } else {
+                        g
+                    };
+                    adam(p, &g, slot, lr, beta1, beta2, eps)?
+                }
+                OptimizerConfig::AdamW {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    ..
+                } => {
+                    let p = (p * (1.0 - lr * weight_decay))?;
+                    adam(&p, &g, slot, lr, beta1, beta2, eps)?
+                }
+                OptimizerConfig::Sgd {
+                    momentum,
+                    nesterov,
+                    weight_decay,
+                    ..
+                } => {
+                    let g = if weight_decay > 0.0 {
+                        (g + (p * weight_decay)?)?
+                    } else {
+                        g
+                    };
+                    let g = if momentum > 0.0 {
+                        let buf = match &slot.m {
+                            Some(b) => ((b * momentum)? + &g)?,
+                            None => g.clone(),
+                        };
+                        let d = if nesterov {
+                            (&g + (&buf * momentum)?)?
+                        } else {
+                            buf.clone()
+                        };
+                        slot.m = Some(buf);
+                        d
+                    } else {
+                        g
+                    };
+                    (p - (g * lr)?)?
+                }
+            };
+            var.set(&next)?;
+        }
+        Ok(())
+    }
+
+    /// The full state as named tensors (`optim.m.<var>`, `optim.v.<var>`, `optim.steps.<var>`,
+    /// `optim.lr`), to be saved beside the weights.
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>, TrainError> {
+        let mut out = HashMap::new();
+        let dev = self
+            .vars
+            .first()
+            .map(|(_, v)| v.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
+        out.insert("optim.lr".into(), Tensor::new(&[self.lr], &dev)?);
+        for ((name, _), slot) in self.vars.iter().zip(&self.slots) {
+            if let Some(m) = &slot.m {
+                out.insert(format!("optim.m.{name}"), m.clone());
+            }
+            if let Some(v) = &slot.v {
+                out.insert(format!("optim.v.{name}"), v.clone());
+            }
+            out.insert(
+                format!("optim.steps.{name}"),
+                Tensor::new(&[slot.steps as f64], &dev)?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Restores a state written by [`Optim::state_tensors`] for the same variables. A moment of the
+    /// wrong shape or a state for an unknown variable is an error and changes nothing.
+    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+        let index: HashMap<&str, usize> = self
+            .vars
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.as_str(), i))
+            .collect();
+        let mut slots = vec![Slot::default(); self.vars.len()];
+        let mut lr = self.lr;
+        for (key, t) in tensors {
+            let Some(rest) = key.strip_prefix("optim.") else {
+                continue;
+            };
+            if rest == "lr" {
+                lr = scalar(t, key)?;
+                continue;
+            }
+            let (kind, name) =
+                rest.split_once('.')
+                    .ok_or_else(|| TrainError::BadOptimizerState {
+                        reason: format!("unknown entry `{key}`"),
+                    })?;
+            let i = *index
+                .get(name)
+                .ok_or_else(|| TrainError::BadOptimizerState {
+                    reason: format!("`{key}` names no trainable variable"),
+                })?;
+            let var = &self.vars[i].1;
+            match kind {
+                "steps" => slots[i].steps = scalar(t, key)? as u64,
+                "m" | "v" => {
+                    if t.dims() != var.dims() {
+                        return Err(TrainError::BadOptimizerState {
+                            reason: format!(
+                                "`{key}` has shape {:?}, its variable {:?}",
+                                t.dims(),
+                                var.dims()
+                            ),
+                        });
+                    }
+                    let t = t.to_dtype(var.dtype())?.to_device(var.device())?;
+                    if kind == "m" {
+                        slots[i].m = Some(t);
+                    } else {
+                        slots[i].v = Some(t);
+                    }
+                }
+                _ => {
+                    return Err(TrainError::BadOptimizerState {
+                        reason: format!("unknown entry `{key}`"),
+                    });
+                }
+            }
+        }
+        self.slots = slots;
+        self.lr = lr;
+        Ok(())
+    }
+}
+
+fn scalar(t: &Tensor, key: &str) -> Result<f64, TrainError> {
+    let v: Vec<f64> = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    match v.as_slice() {
+        [x] if x.is_finite() => Ok(*x),
+        _ => Err(TrainError::BadOptimizerState {
+            reason: format!("`{key}` should hold one finite number"),
+        }),
+    }
+}
+
+/// PyTorch's Adam update of `p` (weight decay already applied), advancing the moments in `slot`.
+fn adam(
+    p: &Tensor,
+    g: &Tensor,
+    slot: &mut Slot,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    let m = match &slot.m {
+        Some(m) => ((m * beta1)? + (g * (1.0 - beta1))?)?,
+        None => (g * (1.0 - beta1))?,
+    };
+    let v = match &slot.v {
+        Some(v) => ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?,
+        None => (g.sqr()? * (1.0 - beta2))?,
+    };
+    let t = slot.steps as i32;
+    let bc1 = 1.0 - beta1.powi(t);
+    let bc2 = 1.0 - beta2.powi(t);
+    let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
+    let next = (p - ((&m / denom)? * (lr / bc1))?)?;
+    slot.m = Some(m);
+    slot.v = Some(v);
+    Ok(next)
+}
+
+impl candle_nn::Optimizer for Optim {
+    type Config = OptimizerConfig;
+
+    /// Variables named by position (`0`, `1`, ...); prefer [`Optim::new`] with real names so the
+    /// saved state says what it belongs to.
+    fn new(vars: Vec<Var>, config: OptimizerConfig) -> candle_core::Result<Self> {
+        let named = vars
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect();
+        Optim::new(config, named).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+
+    fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+        Optim::step(self, grads).map_err(|e| match e {
+            TrainError::Candle(e) => e,
+            other => candle_core::Error::Msg(other.to_string()),
+        })
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+}
