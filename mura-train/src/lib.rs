@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+pub mod epoch;
 pub mod loss;
 pub mod optim;
 pub mod policy;
 
+pub use epoch::{Batch, Batches, EpochStats, Example, batches, predict, step_seed, train_epoch};
 pub use loss::{bce_with_logits, l2_penalty};
 pub use optim::{Optim, OptimizerConfig};
 pub use policy::{
@@ -21,6 +23,14 @@ pub enum TrainError {
     },
     #[error("optimiser state does not fit: {reason}")]
     BadOptimizerState { reason: String },
+    #[error(
+        "the loss became {value} at epoch {epoch}, step {step}; the last good checkpoint is kept"
+    )]
+    NonFinite { epoch: u64, step: u64, value: f64 },
+    #[error(transparent)]
+    Data(#[from] mura_data::DataError),
+    #[error(transparent)]
+    Model(#[from] mura_models::ModelError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

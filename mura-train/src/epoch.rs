@@ -1,0 +1,210 @@
+//! One epoch of training and one pass of prediction: images stream through the loader and the
+//! augmentation pipeline on worker threads, are stacked into N×C×H×W batches, and meet the model.
+//! Dropout is reseeded per step from (seed, epoch, step), so a run is reproducible.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use mura_augment::Pipeline;
+use mura_data::loader::Epoch;
+use mura_data::{DataError, Loader, LoaderConfig};
+use mura_models::Model;
+
+use crate::TrainError;
+use crate::loss::bce_with_logits;
+use crate::optim::Optim;
+
+/// One labelled image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub path: PathBuf,
+    pub label: bool,
+    /// Weight of this image's loss (its class weight; 1 for none).
+    pub weight: f32,
+}
+
+/// A stacked batch: inputs N×C×H×W, targets and weights N×1, and the examples' indices.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub x: Tensor,
+    pub y: Tensor,
+    pub w: Tensor,
+    pub indices: Vec<usize>,
+}
+
+/// The batches of one epoch, in the loader's seeded order.
+pub struct Batches {
+    epoch: Epoch<Vec<f32>>,
+    examples: Arc<Vec<Example>>,
+    shape: (usize, usize, usize),
+    batch_size: usize,
+    device: Device,
+}
+
+impl std::fmt::Debug for Batches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batches")
+            .field("images", &self.epoch.len())
+            .field("batch_size", &self.batch_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Streams `examples` for `epoch` through `pipeline` (augmented with the pipeline's seed per
+/// (epoch, image)), `batch_size` at a time, onto `device`.
+pub fn batches(
+    examples: &Arc<Vec<Example>>,
+    pipeline: &Pipeline,
+    loader: LoaderConfig,
+    epoch: u64,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Batches, TrainError> {
+    if batch_size == 0 {
+        return Err(TrainError::BadParameter {
+            what: "batch size",
+            expected: "positive",
+            value: 0.0,
+        });
+    }
+    let files = examples.iter().map(|e| e.path.clone()).collect();
+    let loader = Loader::new(files, loader)?;
+    let p = *pipeline;
+    let paths = Arc::clone(examples);
+    let stream = loader.epoch_with(epoch, move |i, image| {
+        p.process(&image, epoch, i as u64)
+            .map_err(|e| DataError::Decode {
+                path: paths.get(i).map(|x| x.path.clone()).unwrap_or_default(),
+                message: e.to_string(),
+            })
+    });
+    let pre = pipeline.preprocess;
+    Ok(Batches {
+        epoch: stream,
+        examples: Arc::clone(examples),
+        shape: (pre.channels, pre.height as usize, pre.width as usize),
+        batch_size,
+        device: device.clone(),
+    })
+}
+
+impl Batches {
+    /// Images this epoch visits.
+    pub fn len(&self) -> usize {
+        self.epoch.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.epoch.is_empty()
+    }
+}
+
+impl Iterator for Batches {
+    type Item = Result<Batch, TrainError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (c, h, w) = self.shape;
+        let mut pixels = Vec::with_capacity(self.batch_size * c * h * w);
+        let (mut ys, mut ws, mut indices) = (vec![], vec![], vec![]);
+        for sample in self.epoch.by_ref() {
+            let sample = match sample {
+                Ok(s) => s,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let Some(ex) = self.examples.get(sample.index) else {
+                continue;
+            };
+            pixels.extend_from_slice(&sample.value);
+            ys.push(if ex.label { 1f32 } else { 0f32 });
+            ws.push(ex.weight);
+            indices.push(sample.index);
+            if indices.len() == self.batch_size {
+                break;
+            }
+        }
+        if indices.is_empty() {
+            return None;
+        }
+        let n = indices.len();
+        let make = || -> Result<Batch, TrainError> {
+            Ok(Batch {
+                x: Tensor::from_vec(pixels, (n, c, h, w), &self.device)?,
+                y: Tensor::from_vec(ys, (n, 1), &self.device)?,
+                w: Tensor::from_vec(ws, (n, 1), &self.device)?,
+                indices,
+            })
+        };
+        Some(make())
+    }
+}
+
+/// What one training epoch did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochStats {
+    /// Mean weighted loss over the images.
+    pub loss: f64,
+    pub images: usize,
+    pub seconds: f64,
+}
+
+impl EpochStats {
+    pub fn images_per_sec(&self) -> f64 {
+        self.images as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// The dropout seed of `step` of `epoch` in a run seeded with `seed`.
+pub fn step_seed(seed: u64, epoch: u64, step: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (epoch << 32) ^ step
+}
+
+/// Trains `model` for one epoch: forward in train mode, weighted BCE on logits, backward, optimiser
+/// step. A non-finite loss stops with [`TrainError::NonFinite`] before the step is applied.
+pub fn train_epoch(
+    model: &Model,
+    optim: &mut Optim,
+    batches: Batches,
+    seed: u64,
+    epoch: u64,
+) -> Result<EpochStats, TrainError> {
+    let t = Instant::now();
+    let (mut sum, mut images) = (0f64, 0usize);
+    for (step, batch) in batches.enumerate() {
+        let b = batch?;
+        model.set_seed(step_seed(seed, epoch, step as u64));
+        let logits = model.forward(&b.x, true)?;
+        let loss = bce_with_logits(&logits, &b.y, Some(&b.w))?;
+        let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
+        if !value.is_finite() {
+            return Err(TrainError::NonFinite {
+                epoch,
+                step: step as u64,
+                value,
+            });
+        }
+        optim.step(&loss.backward()?)?;
+        let n = b.indices.len();
+        sum += value * n as f64;
+        images += n;
+    }
+    Ok(EpochStats {
+        loss: sum / images.max(1) as f64,
+        images,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// Eval-mode abnormality probabilities (sigmoid of the first logit), as (example index,
+/// probability), in the batches' order.
+pub fn predict(model: &Model, batches: Batches) -> Result<Vec<(usize, f64)>, TrainError> {
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let b = batch?;
+        let logits = model.forward(&b.x, false)?.narrow(1, 0, 1)?;
+        let p: Vec<f32> = candle_nn::ops::sigmoid(&logits)?.flatten_all()?.to_vec1()?;
+        out.extend(b.indices.iter().copied().zip(p.into_iter().map(f64::from)));
+    }
+    Ok(out)
+}
