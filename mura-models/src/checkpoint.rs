@@ -112,6 +112,11 @@ fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
 pub fn read_header(path: &Path) -> Result<Vec<TensorInfo>, ModelError> {
     let bytes = read(path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| unreadable(path, e))?;
+    Ok(infos(&st))
+}
+
+/// Name, shape and dtype of every tensor in `st`, sorted by name.
+fn infos(st: &SafeTensors<'_>) -> Vec<TensorInfo> {
     let mut out: Vec<TensorInfo> = st
         .tensors()
         .into_iter()
@@ -122,7 +127,17 @@ pub fn read_header(path: &Path) -> Result<Vec<TensorInfo>, ModelError> {
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    out
+}
+
+/// The variables of a `VarMap` (a poisoned lock still holds valid tensors).
+pub(crate) fn lock_vars(
+    varmap: &VarMap,
+) -> std::sync::MutexGuard<'_, HashMap<String, candle_core::Var>> {
+    match varmap.data().lock() {
+        Ok(d) => d,
+        Err(p) => p.into_inner(),
+    }
 }
 
 fn float_dtype(d: safetensors::Dtype) -> Option<DType> {
@@ -137,10 +152,7 @@ fn float_dtype(d: safetensors::Dtype) -> Option<DType> {
 
 /// The tensors a model declares (BatchNorm running statistics included), sorted by name.
 pub fn declared(varmap: &VarMap) -> Vec<(String, Vec<usize>)> {
-    let data = match varmap.data().lock() {
-        Ok(d) => d,
-        Err(p) => p.into_inner(),
-    };
+    let data = lock_vars(varmap);
     let mut out: Vec<(String, Vec<usize>)> = data
         .iter()
         .map(|(n, v)| (n.clone(), v.dims().to_vec()))
@@ -255,16 +267,7 @@ pub fn load(
 ) -> Result<LoadReport, ModelError> {
     let bytes = read(path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| unreadable(path, e))?;
-    let mut found: Vec<TensorInfo> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| TensorInfo {
-            name,
-            shape: view.shape().to_vec(),
-            dtype: format!("{:?}", view.dtype()),
-        })
-        .collect();
-    found.sort_by(|a, b| a.name.cmp(&b.name));
+    let found = infos(&st);
     let plan = plan(model, &declared(varmap), &found, opts).map_err(|problems| {
         ModelError::Checkpoint {
             path: path.display().to_string(),
@@ -272,10 +275,7 @@ pub fn load(
             problems,
         }
     })?;
-    let data = match varmap.data().lock() {
-        Ok(d) => d,
-        Err(p) => p.into_inner(),
-    };
+    let data = lock_vars(varmap);
     // Convert everything first, then assign, so a failure part-way leaves the model untouched.
     let mut values = Vec::with_capacity(plan.pairs.len());
     for (name, fold) in &plan.pairs {
@@ -316,10 +316,7 @@ pub fn save_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(),
 
 /// The tensors of a `VarMap` by name (for [`save_atomic`]).
 pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
-    let data = match varmap.data().lock() {
-        Ok(d) => d,
-        Err(p) => p.into_inner(),
-    };
+    let data = lock_vars(varmap);
     data.iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
         .collect()

@@ -550,6 +550,11 @@ impl Cnn {
         names
     }
 
+    /// Number of stages: the blocks, and the attention layer when present.
+    pub fn num_stages(&self) -> usize {
+        self.blocks.len() + usize::from(self.attention.is_some())
+    }
+
     /// Tensor-name prefixes of stage `i`.
     pub fn stage_prefixes(&self, i: usize) -> Vec<String> {
         self.stage_names()
@@ -592,7 +597,7 @@ impl Cnn {
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
         self.check_input(x)?;
         let mut x = x.clone();
-        for i in 0..self.stage_names().len() {
+        for i in 0..self.num_stages() {
             x = self.forward_stage(i, &x, train)?;
         }
         Ok(x)

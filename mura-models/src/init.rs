@@ -35,10 +35,7 @@ fn normals(n: usize, seed: u64, k: u64) -> Vec<f32> {
 
 /// Re-initialises every tensor of `varmap` from `seed`.
 pub fn init_seeded(varmap: &VarMap, seed: u64) -> Result<(), ModelError> {
-    let data = match varmap.data().lock() {
-        Ok(d) => d,
-        Err(p) => p.into_inner(),
-    };
+    let data = crate::checkpoint::lock_vars(varmap);
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     for (k, name) in names.into_iter().enumerate() {

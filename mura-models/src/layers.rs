@@ -271,27 +271,25 @@ impl Noise {
         }
     }
 
-    fn state(&self) -> u64 {
+    /// The stream state (a poisoned lock still holds a valid number).
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
         match self.state.lock() {
-            Ok(s) => *s,
-            Err(p) => *p.into_inner(),
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
         }
     }
 
+    fn state(&self) -> u64 {
+        *self.lock()
+    }
+
     pub fn reseed(&self, seed: u64) {
-        let mut s = match self.state.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        *s = splitmix64(seed);
+        *self.lock() = splitmix64(seed);
     }
 
     /// `n` uniform draws in [0, 1), advancing the stream.
     fn uniform(&self, n: usize) -> Vec<f32> {
-        let mut s = match self.state.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let mut s = self.lock();
         let key = *s;
         *s = splitmix64(key ^ 0xD1B5_4A32_D192_ED03);
         (0..n as u64)

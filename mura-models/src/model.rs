@@ -393,6 +393,18 @@ impl Model {
         }
     }
 
+    /// Number of stages (without building their names).
+    pub fn num_stages(&self) -> usize {
+        match &self.net {
+            Net::Cnn(c) => c.num_stages(),
+            Net::Zoo { backbone, .. } => match backbone {
+                Backbone::DenseNet(b) => b.num_stages(),
+                Backbone::ResNet(b) => b.num_stages(),
+                Backbone::Inception(b) => b.num_stages(),
+            },
+        }
+    }
+
     /// Tensor-name prefixes of stage `i`.
     pub fn stage_prefixes(&self, i: usize) -> Vec<String> {
         match &self.net {
@@ -442,7 +454,7 @@ impl Model {
     pub fn forward_features(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
         self.check_input(x)?;
         let mut x = x.clone();
-        for i in 0..self.stage_names().len() {
+        for i in 0..self.num_stages() {
             let frozen = i < self.frozen_stages;
             x = self.forward_stage(i, &x, train && !frozen)?;
             if frozen {
@@ -580,13 +592,15 @@ impl Model {
     /// The variables an optimiser should update, sorted by name: no BatchNorm running statistics and
     /// nothing of a frozen stage.
     pub fn trainable_vars(&self, varmap: &VarMap) -> Vec<(String, Var)> {
-        let data = match varmap.data().lock() {
-            Ok(d) => d,
-            Err(p) => p.into_inner(),
-        };
+        let frozen: Vec<String> = (0..self.frozen_stages)
+            .flat_map(|i| self.stage_prefixes(i))
+            .collect();
+        let data = crate::checkpoint::lock_vars(varmap);
         let mut vars: Vec<(String, Var)> = data
             .iter()
-            .filter(|(name, _)| !is_running_stat(name) && !self.is_frozen(name))
+            .filter(|(name, _)| {
+                !is_running_stat(name) && !frozen.iter().any(|p| name.starts_with(p.as_str()))
+            })
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));

@@ -45,10 +45,7 @@ pub fn summarize(model: &Model, varmap: &VarMap, device: &Device) -> Result<Summ
     let cfg = model.pretrained_cfg();
     let [c, h, w] = cfg.input_size;
     let sizes: Vec<(String, usize)> = {
-        let data = match varmap.data().lock() {
-            Ok(d) => d,
-            Err(p) => p.into_inner(),
-        };
+        let data = crate::checkpoint::lock_vars(varmap);
         data.iter()
             .filter(|(n, _)| !is_running_stat(n))
             .map(|(n, v)| (n.clone(), v.elem_count()))

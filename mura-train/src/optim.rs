@@ -199,11 +199,7 @@ impl Optim {
                     weight_decay,
                     ..
                 } => {
-                    let g = if weight_decay > 0.0 {
-                        (g + (p * weight_decay)?)?
-                    } else {
-                        g
-                    };
+                    let g = l2_into_grad(g, p, weight_decay)?;
                     adam(p, &g, slot, lr, beta1, beta2, eps)?
                 }
                 OptimizerConfig::AdamW {
@@ -222,11 +218,7 @@ impl Optim {
                     weight_decay,
                     ..
                 } => {
-                    let g = if weight_decay > 0.0 {
-                        (g + (p * weight_decay)?)?
-                    } else {
-                        g
-                    };
+                    let g = l2_into_grad(g, p, weight_decay)?;
                     let g = if momentum > 0.0 {
                         let buf = match &slot.m {
                             Some(b) => ((b * momentum)? + &g)?,
@@ -344,6 +336,15 @@ fn scalar(t: &Tensor, key: &str) -> Result<f64, TrainError> {
         _ => Err(TrainError::BadOptimizerState {
             reason: format!("`{key}` should hold one finite number"),
         }),
+    }
+}
+
+/// `g + wd·p`: coupled L2 weight decay (PyTorch's Adam and SGD `weight_decay`).
+fn l2_into_grad(g: Tensor, p: &Tensor, weight_decay: f64) -> candle_core::Result<Tensor> {
+    if weight_decay > 0.0 {
+        g + (p * weight_decay)?
+    } else {
+        Ok(g)
     }
 }
 
