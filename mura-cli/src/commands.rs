@@ -42,9 +42,17 @@ enum Command {
     /// normalise, beside decoding alone, in images/s.
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// The main job on the built-in synthetic data: generate it if absent, index, inspect, split,
-    /// and stream the training images through the loader.
+    /// The main job on the built-in synthetic data: generate it if absent, inspect and split it,
+    /// train a small CNN (class weights, flips and rotations, early stopping, plateau decay),
+    /// evaluate it on the held-out test split and print the study-level table.
     Demo(DemoArgs),
+    /// Train a model: `--config run.toml` and/or flags; `--resume RUN_DIR` continues an interrupted run.
+    Train(crate::train_cmds::TrainArgs),
+    /// Score a run on its test (or val) split: image- and study-level metrics per body part with
+    /// bootstrap 95% intervals; writes predictions.csv, study_predictions.csv, metrics.json.
+    Evaluate(crate::train_cmds::EvaluateArgs),
+    /// Abnormality probability of images, and of study folders (mean over their images).
+    Predict(crate::train_cmds::PredictArgs),
     /// The model zoo: `mura model list`; `mura model ARCH --summary`; `--weights FILE --check`
     /// (does the checkpoint fit?); `--weights FILE --forward IN.safetensors --out OUT.safetensors`
     /// (eval-mode logits of the tensor `input`, written as `logits`).
@@ -194,6 +202,24 @@ struct SynthArgs {
     /// Share of patients in the official valid split.
     #[arg(long, default_value_t = 0.12)]
     valid_fraction: f64,
+    /// How visible the findings are: standard (calibrated) or easy (strong, in every view).
+    #[arg(long, value_enum, default_value_t = DifficultyArg::Standard)]
+    difficulty: DifficultyArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DifficultyArg {
+    Standard,
+    Easy,
+}
+
+impl From<DifficultyArg> for mura_data::synth::Difficulty {
+    fn from(d: DifficultyArg) -> Self {
+        match d {
+            DifficultyArg::Standard => Self::Standard,
+            DifficultyArg::Easy => Self::Easy,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +311,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Pipeline(a)) => cmd_bench_pipeline(&a),
         Command::Demo(a) => cmd_demo(&a),
         Command::Model(a) => cmd_model(&a),
+        Command::Train(a) => crate::train_cmds::cmd_train(&a),
+        Command::Evaluate(a) => crate::train_cmds::cmd_evaluate(&a),
+        Command::Predict(a) => crate::train_cmds::cmd_predict(&a),
     }
 }
 
@@ -543,6 +572,7 @@ fn cmd_synth(a: &SynthArgs) -> Result<()> {
             seed: a.seed,
             max_side: a.size,
             valid_fraction: a.valid_fraction,
+            difficulty: a.difficulty.into(),
             ..SynthConfig::default()
         },
     )?;

@@ -174,7 +174,19 @@ impl Loader {
         T: Send + 'static,
         F: Fn(usize, DecodedImage) -> Result<T, DataError> + Send + Sync + 'static,
     {
-        let order = Arc::new(self.order(epoch));
+        self.epoch_from(epoch, 0, transform)
+    }
+
+    /// Like [`Loader::epoch_with`], starting at position `start` of the epoch's order: the rest of
+    /// an interrupted epoch, in the order it would have had.
+    pub fn epoch_from<T, F>(&self, epoch: u64, start: usize, transform: F) -> Epoch<T>
+    where
+        T: Send + 'static,
+        F: Fn(usize, DecodedImage) -> Result<T, DataError> + Send + Sync + 'static,
+    {
+        let mut order = self.order(epoch);
+        order.drain(..start.min(order.len()));
+        let order = Arc::new(order);
         let shared = Arc::new(Shared {
             next: AtomicUsize::new(0),
             cancel: AtomicBool::new(false),

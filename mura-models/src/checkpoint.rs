@@ -83,6 +83,9 @@ pub struct LoadOptions {
     pub skip_classifier: bool,
     /// Sum the first convolution's RGB filters into one channel when the model takes gray input.
     pub fold_first_conv: bool,
+    /// Accept and ignore tensors whose names start with this (a training checkpoint's optimiser
+    /// state stored beside the weights).
+    pub ignore_prefix: Option<&'static str>,
 }
 
 /// What a load did.
@@ -225,7 +228,8 @@ fn plan(
         if declared.contains(t.name.as_str()) && !skipped(&t.name) {
             continue;
         }
-        if model.ignores_tensor(&t.name) || skipped(&t.name) {
+        let foreign = opts.ignore_prefix.is_some_and(|p| t.name.starts_with(p));
+        if model.ignores_tensor(&t.name) || skipped(&t.name) || foreign {
             report.ignored.push(t.name.clone());
         } else {
             problems.push(Mismatch::Unexpected {

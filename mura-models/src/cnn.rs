@@ -52,9 +52,11 @@ pub enum Readout {
     Flatten,
 }
 
-/// One config for every network of the seed reports. Serialisable (`deny_unknown_fields`).
+/// One config for every network of the seed reports. Serialisable (`deny_unknown_fields`); fields
+/// left out take the values of [`CnnConfig::custom_cnn`] (the model's `in_channels`, `input_size` and
+/// `num_classes` override this config's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default = "CnnConfig::custom_cnn")]
 pub struct CnnConfig {
     pub in_channels: usize,
     /// Square input side; needed by the `flatten` readout.

@@ -62,6 +62,21 @@ pub fn batches(
     batch_size: usize,
     device: &Device,
 ) -> Result<Batches, TrainError> {
+    batches_from(examples, pipeline, loader, epoch, 0, batch_size, device)
+}
+
+/// Like [`batches`], skipping the first `start` images of the epoch's order (the part of an
+/// interrupted epoch already trained on); the batches that follow are the ones the uninterrupted
+/// epoch would have formed when `start` is a multiple of `batch_size`.
+pub fn batches_from(
+    examples: &Arc<Vec<Example>>,
+    pipeline: &Pipeline,
+    loader: LoaderConfig,
+    epoch: u64,
+    start: usize,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Batches, TrainError> {
     if batch_size == 0 {
         return Err(TrainError::BadParameter {
             what: "batch size",
@@ -73,7 +88,7 @@ pub fn batches(
     let loader = Loader::new(files, loader)?;
     let p = *pipeline;
     let paths = Arc::clone(examples);
-    let stream = loader.epoch_with(epoch, move |i, image| {
+    let stream = loader.epoch_from(epoch, start, move |i, image| {
         p.process(&image, epoch, i as u64)
             .map_err(|e| DataError::Decode {
                 path: paths.get(i).map(|x| x.path.clone()).unwrap_or_default(),
@@ -155,6 +170,40 @@ impl EpochStats {
     }
 }
 
+/// Where a training epoch stands: enough to report on it and to continue it after an interrupt.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochProgress {
+    /// Optimiser steps (batches) done.
+    pub steps: u64,
+    /// Images trained on.
+    pub images: usize,
+    /// Sum over images of the weighted loss.
+    pub loss_sum: f64,
+    /// Seconds spent so far (across interruptions).
+    pub seconds: f64,
+    /// (example index, training-time probability) of every image seen, for train AUC and kappa as
+    /// Keras reports them (computed on the fly, under augmentation and dropout).
+    pub predictions: Vec<(usize, f64)>,
+}
+
+impl EpochProgress {
+    pub fn stats(&self) -> EpochStats {
+        EpochStats {
+            loss: self.loss_sum / self.images.max(1) as f64,
+            images: self.images,
+            seconds: self.seconds,
+        }
+    }
+}
+
+/// How an epoch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochEnd {
+    Completed,
+    /// `stop` returned true at a batch boundary; the progress holds what was done.
+    Interrupted,
+}
+
 /// The dropout seed of `step` of `epoch` in a run seeded with `seed`.
 pub fn step_seed(seed: u64, epoch: u64, step: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (epoch << 32) ^ step
@@ -169,31 +218,61 @@ pub fn train_epoch(
     seed: u64,
     epoch: u64,
 ) -> Result<EpochStats, TrainError> {
-    let t = Instant::now();
-    let (mut sum, mut images) = (0f64, 0usize);
-    for (step, batch) in batches.enumerate() {
+    let mut progress = EpochProgress::default();
+    train_epoch_with(
+        model,
+        optim,
+        batches,
+        seed,
+        epoch,
+        &mut progress,
+        &mut |_| false,
+    )?;
+    Ok(progress.stats())
+}
+
+/// [`train_epoch`], continuing `progress` (the batches must start where it stopped), calling
+/// `stop(&progress)` after every step: when it answers true the epoch ends early with
+/// [`EpochEnd::Interrupted`] at that batch boundary.
+pub fn train_epoch_with(
+    model: &Model,
+    optim: &mut Optim,
+    batches: Batches,
+    seed: u64,
+    epoch: u64,
+    progress: &mut EpochProgress,
+    stop: &mut dyn FnMut(&EpochProgress) -> bool,
+) -> Result<EpochEnd, TrainError> {
+    let mut t = Instant::now();
+    for batch in batches {
         let b = batch?;
-        model.set_seed(step_seed(seed, epoch, step as u64));
+        let step = progress.steps;
+        model.set_seed(step_seed(seed, epoch, step));
         let logits = model.forward(&b.x, true)?;
         let loss = bce_with_logits(&logits, &b.y, Some(&b.w))?;
         let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
         if !value.is_finite() {
-            return Err(TrainError::NonFinite {
-                epoch,
-                step: step as u64,
-                value,
-            });
+            return Err(TrainError::NonFinite { epoch, step, value });
         }
         optim.step(&loss.backward()?)?;
+        let p: Vec<f32> = candle_nn::ops::sigmoid(&logits.narrow(1, 0, 1)?.detach())?
+            .flatten_all()?
+            .to_vec1()?;
         let n = b.indices.len();
-        sum += value * n as f64;
-        images += n;
+        progress.steps += 1;
+        progress.loss_sum += value * n as f64;
+        progress.images += n;
+        progress
+            .predictions
+            .extend(b.indices.iter().copied().zip(p.into_iter().map(f64::from)));
+        progress.seconds += t.elapsed().as_secs_f64();
+        t = Instant::now();
+        if stop(progress) {
+            return Ok(EpochEnd::Interrupted);
+        }
     }
-    Ok(EpochStats {
-        loss: sum / images.max(1) as f64,
-        images,
-        seconds: t.elapsed().as_secs_f64(),
-    })
+    progress.seconds += t.elapsed().as_secs_f64();
+    Ok(EpochEnd::Completed)
 }
 
 /// Eval-mode abnormality probabilities (sigmoid of the first logit), as (example index,

@@ -1,16 +1,33 @@
 #![doc = include_str!("../README.md")]
 
+pub mod config;
 pub mod epoch;
+pub mod evaluate;
+pub mod fit;
+pub mod history;
 pub mod loss;
 pub mod optim;
 pub mod policy;
+pub mod schedule;
+pub mod state;
 
-pub use epoch::{Batch, Batches, EpochStats, Example, batches, predict, step_seed, train_epoch};
+pub use config::{
+    Augment, ClassWeighting, DataConfig, EarlyStoppingSettings, FineTune, Freeze, PretrainedConfig,
+    RunConfig, TrainConfig,
+};
+pub use epoch::{
+    Batch, Batches, EpochEnd, EpochProgress, EpochStats, Example, batches, batches_from, predict,
+    step_seed, train_epoch, train_epoch_with,
+};
+pub use evaluate::{EvaluateOptions, Evaluation, TrainedRun, Weights, evaluate};
+pub use fit::{FitEnd, FitOptions, FitSummary, Observer, RunData, Silent, create_run_dir, fit};
+pub use history::HistoryRow;
 pub use loss::{bce_with_logits, l2_penalty};
-pub use optim::{Optim, OptimizerConfig};
+pub use optim::{Optim, OptimizerConfig, Scheduled};
 pub use policy::{
     EarlyStopping, EarlyStoppingConfig, Mode, Monitor, Plateau, PlateauConfig, StopDecision,
 };
+pub use schedule::Schedule;
 
 /// The one error type of `mura-train`.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +44,35 @@ pub enum TrainError {
         "the loss became {value} at epoch {epoch}, step {step}; the last good checkpoint is kept"
     )]
     NonFinite { epoch: u64, step: u64, value: f64 },
+    #[error("{}: {reason}", path.display())]
+    Config {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("device `{spec}`: {reason}")]
+    Device { spec: String, reason: String },
+    #[error(
+        "{} already holds a run: resume it with `mura train --resume {}` or choose another name",
+        path.display(),
+        path.display()
+    )]
+    RunExists { path: std::path::PathBuf },
+    #[error("cannot write {}: {reason}", path.display())]
+    Unwritable {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("checkpoint {}: {reason}", path.display())]
+    BadCheckpoint {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error(transparent)]
     Data(#[from] mura_data::DataError),
+    #[error(transparent)]
+    Augment(#[from] mura_augment::AugmentError),
+    #[error(transparent)]
+    Metrics(#[from] mura_metrics::MetricsError),
     #[error(transparent)]
     Model(#[from] mura_models::ModelError),
     #[error(transparent)]

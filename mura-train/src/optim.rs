@@ -83,6 +83,13 @@ impl OptimizerConfig {
         }
     }
 
+    /// Sets the base learning rate, whatever the optimiser.
+    pub fn set_lr(&mut self, new: f64) {
+        match self {
+            Self::Adam { lr, .. } | Self::AdamW { lr, .. } | Self::Sgd { lr, .. } => *lr = new,
+        }
+    }
+
     pub fn check(&self) -> Result<(), TrainError> {
         let bad = |what: &'static str, expected: &'static str, value: f64| {
             Err(TrainError::BadParameter {
@@ -154,6 +161,18 @@ pub struct Optim {
     lr: f64,
     vars: Vec<(String, Var)>,
     slots: Vec<Slot>,
+    schedule: Option<Scheduled>,
+}
+
+/// A per-step schedule driving an optimiser's learning rate: before each step the rate becomes
+/// `schedule.lr(base_lr, step, total_steps)`, then `step` advances.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scheduled {
+    pub schedule: crate::schedule::Schedule,
+    pub base_lr: f64,
+    pub total_steps: u64,
+    /// The run's next step.
+    pub step: u64,
 }
 
 impl Optim {
@@ -161,6 +180,7 @@ impl Optim {
         config.check()?;
         let slots = vec![Slot::default(); vars.len()];
         Ok(Self {
+            schedule: None,
             lr: config.lr(),
             config,
             vars,
@@ -180,16 +200,27 @@ impl Optim {
         self.lr = lr;
     }
 
+    /// Drives the learning rate by a per-step schedule from now on (or stops doing so).
+    pub fn set_schedule(&mut self, schedule: Option<Scheduled>) {
+        self.schedule = schedule;
+    }
+
     /// Applies one update from `grads`; variables without a gradient are left alone (their state
     /// does not advance), as in PyTorch.
     pub fn step(&mut self, grads: &GradStore) -> Result<(), TrainError> {
+        if let Some(s) = &mut self.schedule {
+            self.lr = s.schedule.lr(s.base_lr, s.step, s.total_steps);
+            s.step += 1;
+        }
         let lr = self.lr;
         for ((_, var), slot) in self.vars.iter().zip(self.slots.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let p = var.as_tensor();
-            let g = g.to_dtype(p.dtype())?;
+            // candle's gradients of leaves still reference the forward graph (only accumulated ones
+            // are detached): a moment built from one would keep every step's activations alive.
+            let p = &var.as_tensor().detach();
+            let g = g.detach().to_dtype(p.dtype())?;
             slot.steps += 1;
             let next = match self.config {
                 OptimizerConfig::Adam {

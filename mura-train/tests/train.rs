@@ -288,6 +288,7 @@ mod epochs {
                 max_side: 48,
                 valid_fraction: 0.25,
                 odd_format_fraction: 0.0,
+                ..SynthConfig::default()
             },
         )
         .unwrap();

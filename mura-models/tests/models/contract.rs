@@ -378,6 +378,7 @@ fn pretrained_checkpoint_into_a_gray_one_logit_model() {
         LoadOptions {
             skip_classifier: true,
             fold_first_conv: true,
+            ..LoadOptions::default()
         },
     )
     .unwrap();

@@ -1,0 +1,512 @@
+//! `mura train`, `mura evaluate`, `mura predict` and the training half of `mura demo`: argument
+//! structs, a progress observer, and the library calls.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mura_data::Role;
+use mura_models::{Arch, ModelConfig};
+use mura_train::evaluate::{EvaluateOptions, Evaluation, Level, TrainedRun, Weights};
+use mura_train::fit::files;
+use mura_train::{
+    EpochProgress, FitEnd, FitOptions, FitSummary, HistoryRow, Observer, RunConfig, create_run_dir,
+    fit,
+};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A TOML run configuration (see `configs/`); the flags below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the interrupted run in this directory (its config.toml and last.safetensors).
+    #[arg(long, conflicts_with = "config")]
+    pub resume: Option<PathBuf>,
+    /// MURA root (the folder holding MURA-v1.1/).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// A saved split manifest (split.csv); its paths are relative to --data.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Architecture (custom-cnn, densenet169, resnet50, inception_v3, ...).
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate of the optimiser.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Folder that holds run directories.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// The run's name (its folder under --out).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Weights to start from (a .safetensors file with timm names).
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// `cpu` or `cuda:N` (needs a build with `--features cuda`).
+    #[arg(long)]
+    pub device: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct OutputArgs {
+    /// No progress bars or epoch lines; errors only.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Machine-readable output on stdout: one JSON object per epoch, then the result.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    Test,
+    Val,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WeightsArg {
+    Best,
+    Last,
+}
+
+impl From<WeightsArg> for Weights {
+    fn from(w: WeightsArg) -> Self {
+        match w {
+            WeightsArg::Best => Weights::Best,
+            WeightsArg::Last => Weights::Last,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// A run directory.
+    pub run: PathBuf,
+    /// Which part of the run's split to score: test (the official valid set) or val.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    pub split: SplitArg,
+    #[arg(long, value_enum, default_value_t = WeightsArg::Best)]
+    pub weights: WeightsArg,
+    /// Bootstrap resamples for the 95% intervals (0: none).
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A run directory.
+    pub run: PathBuf,
+    /// Images, or study folders (every image inside is predicted and averaged into the study).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = WeightsArg::Best)]
+    pub weights: WeightsArg,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Progress bars on stderr, epoch lines, and JSON lines for scripts.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    output: OutputArgs,
+}
+
+impl Progress {
+    pub fn new(output: OutputArgs) -> Self {
+        Self { bar: None, output }
+    }
+
+    fn line(&self, text: &str) {
+        if self.output.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(text),
+            None if self.output.json => eprintln!("{text}"),
+            None => println!("{text}"),
+        }
+    }
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("  —  ".into(), |x| format!("{x:.3}"))
+}
+
+impl Observer for Progress {
+    fn message(&mut self, text: &str) {
+        self.line(text);
+    }
+
+    fn epoch_start(&mut self, epoch: u32, epochs: u32, images: usize, done: usize) {
+        if self.output.quiet {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(images as u64), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:28}] {pos}/{len} {per_sec:>10} eta {eta:>4} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("epoch {epoch}/{epochs}"));
+        bar.set_position(done as u64);
+        bar.reset_eta();
+        self.bar = Some(bar);
+    }
+
+    fn batch(&mut self, p: &EpochProgress) {
+        if let Some(b) = &self.bar {
+            b.set_position(p.images as u64);
+            b.set_message(format!("loss {:.4}", p.loss_sum / p.images.max(1) as f64));
+        }
+    }
+
+    fn eval_start(&mut self, images: usize) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!("validating {images} images"));
+        }
+    }
+
+    fn epoch_end(&mut self, r: &HistoryRow, improved: bool) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        if self.output.json
+            && let Ok(j) = serde_json::to_string(r)
+        {
+            println!("{j}");
+        }
+        self.line(&format!(
+            "epoch {:>3}  loss {:.4}/{:.4}  auc {}/{}  acc {}/{}  kappa {}/{}  lr {:.1e}  {:.0}s  {:.1} img/s{}",
+            r.epoch,
+            r.train_loss,
+            r.val_loss,
+            fmt_opt(r.train_auc),
+            fmt_opt(r.val_auc),
+            fmt_opt(r.train_accuracy),
+            fmt_opt(r.val_accuracy),
+            fmt_opt(r.train_kappa),
+            fmt_opt(r.val_kappa),
+            r.lr,
+            r.seconds,
+            r.images_per_sec,
+            if improved { "  *best" } else { "" }
+        ));
+    }
+}
+
+/// A Ctrl-C handler that asks the run to stop at the next batch boundary; a second Ctrl-C exits.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = Arc::clone(&flag);
+    // Another handler may already be installed (tests running several commands in one process).
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted twice: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping at the next batch boundary; the last state will be saved");
+    });
+    flag
+}
+
+/// The run configuration: the file (or defaults) with the flags applied.
+pub fn train_config(a: &TrainArgs) -> Result<RunConfig> {
+    let mut c = match &a.config {
+        Some(path) => RunConfig::load(path)?,
+        None => {
+            let arch = a.model.as_deref().unwrap_or("custom-cnn");
+            RunConfig {
+                name: None,
+                seed: 0,
+                device: "cpu".into(),
+                data: mura_train::DataConfig::new(None),
+                model: ModelConfig::new(parse_arch(arch)?),
+                pretrained: None,
+                train: mura_train::TrainConfig::default(),
+            }
+        }
+    };
+    if let Some(d) = &a.data {
+        c.data.root = Some(d.clone());
+    }
+    if let Some(m) = &a.manifest {
+        c.data.manifest = Some(m.clone());
+    }
+    if let Some(m) = &a.model {
+        let arch = parse_arch(m)?;
+        if arch != c.model.arch {
+            c.model = ModelConfig {
+                input_size: c.model.input_size,
+                ..ModelConfig::new(arch)
+            };
+        }
+    }
+    if let Some(s) = a.image_size {
+        c.model.input_size = Some(s);
+    }
+    if let Some(e) = a.epochs {
+        c.train.epochs = e;
+    }
+    if let Some(b) = a.batch_size {
+        c.train.batch_size = b;
+    }
+    if let Some(lr) = a.lr {
+        c.train.optimizer.set_lr(lr);
+    }
+    if let Some(s) = a.seed {
+        c.seed = s;
+    }
+    if let Some(n) = &a.name {
+        c.name = Some(n.clone());
+    }
+    if let Some(p) = &a.pretrained {
+        c.pretrained = Some(mura_train::PretrainedConfig {
+            weights: p.clone(),
+            skip_classifier: true,
+            fold_first_conv: true,
+        });
+    }
+    if let Some(d) = &a.device {
+        c.device = d.clone();
+    }
+    c.check()?;
+    Ok(c)
+}
+
+fn parse_arch(name: &str) -> Result<Arch> {
+    Ok(Arch::from_name(name)?)
+}
+
+pub fn cmd_train(a: &TrainArgs) -> Result<()> {
+    let (config, dir) = match &a.resume {
+        Some(dir) => {
+            let path = dir.join(files::CONFIG);
+            let config = RunConfig::load(&path)?;
+            if !dir.join(files::LAST).exists() {
+                bail!("{}: no last.safetensors to resume from", dir.display());
+            }
+            (config, dir.clone())
+        }
+        None => {
+            let config = train_config(a)?;
+            let dir = create_run_dir(&config, &a.out)?;
+            (config, dir)
+        }
+    };
+    let summary = run_fit(&config, &dir, a.output)?;
+    report_fit(&summary, a.output)
+}
+
+/// Runs `fit` with progress output and the Ctrl-C handler.
+pub fn run_fit(config: &RunConfig, dir: &Path, output: OutputArgs) -> Result<FitSummary> {
+    let mut progress = Progress::new(output);
+    progress.message(&format!("run directory {}", dir.display()));
+    let options = FitOptions {
+        stop: Some(interrupt_flag()),
+        stop_after_steps: None,
+    };
+    Ok(fit(config, dir, &options, &mut progress)?)
+}
+
+fn report_fit(s: &FitSummary, output: OutputArgs) -> Result<()> {
+    if output.json {
+        println!("{}", serde_json::to_string(s)?);
+        return Ok(());
+    }
+    if output.quiet {
+        return Ok(());
+    }
+    match &s.end {
+        FitEnd::Finished(reason) => println!(
+            "finished: {reason}; {} epochs in {:.0}s{}",
+            s.epochs_done,
+            s.seconds,
+            s.best
+                .map(|(v, e)| format!("; best {:?} {v:.4} at epoch {e}", s.monitor))
+                .unwrap_or_default()
+        ),
+        FitEnd::Interrupted { epoch, step } => println!(
+            "interrupted in epoch {epoch} after step {step}; continue with `mura train --resume {}`",
+            s.run_dir.display()
+        ),
+    }
+    Ok(())
+}
+
+pub fn cmd_evaluate(a: &EvaluateArgs) -> Result<()> {
+    let options = EvaluateOptions {
+        role: match a.split {
+            SplitArg::Test => Role::Test,
+            SplitArg::Val => Role::Val,
+        },
+        weights: a.weights.into(),
+        resamples: a.bootstrap,
+        threads: a.threads,
+    };
+    let ev = mura_train::evaluate(&a.run, options)?;
+    if a.output.json {
+        println!("{}", serde_json::to_string(&ev)?);
+    } else if !a.output.quiet {
+        print!("{}", evaluation_table(&ev));
+        println!(
+            "wrote {0}/predictions.csv, {0}/study_predictions.csv and {0}/metrics.json",
+            a.run.display()
+        );
+    }
+    Ok(())
+}
+
+fn ci(scored: &mura_train::evaluate::Scored, name: &str) -> String {
+    scored
+        .intervals
+        .get(name)
+        .map(|i| format!(" [{:.3}, {:.3}]", i.lower, i.upper))
+        .unwrap_or_default()
+}
+
+fn level_table(title: &str, level: &Level) -> String {
+    let mut out = format!(
+        "{title}\n{:<10} {:>6} {:>5} {:>22} {:>22} {:>7} {:>7} {:>7} {:>7}  confusion tn/fp/fn/tp\n",
+        "part", "n", "pos", "AUC [95% CI]", "kappa [95% CI]", "acc", "prec", "recall", "F1"
+    );
+    let rows = std::iter::once(("all".to_string(), &level.overall))
+        .chain(level.body_parts.iter().map(|(k, v)| (k.clone(), v)));
+    for (name, s) in rows {
+        let r = &s.report;
+        let c = &r.confusion;
+        out.push_str(&format!(
+            "{:<10} {:>6} {:>5} {:>22} {:>22} {:>7} {:>7} {:>7} {:>7}  {}/{}/{}/{}\n",
+            name,
+            r.n,
+            r.positives,
+            format!("{}{}", fmt_opt(r.auc), ci(s, "auc")),
+            format!("{}{}", fmt_opt(r.kappa), ci(s, "kappa")),
+            fmt_opt(r.accuracy),
+            fmt_opt(r.precision),
+            fmt_opt(r.recall),
+            fmt_opt(r.f1),
+            c.true_negative,
+            c.false_positive,
+            c.false_negative,
+            c.true_positive
+        ));
+    }
+    out
+}
+
+/// The evaluation as two tables: study level (the MURA paper's unit) and image level.
+pub fn evaluation_table(ev: &Evaluation) -> String {
+    format!(
+        "{}\n{}",
+        level_table(
+            &format!(
+                "study level ({} split, mean probability per study)",
+                ev.split
+            ),
+            &ev.studies
+        ),
+        level_table(&format!("image level ({} split)", ev.split), &ev.images)
+    )
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+}
+
+pub fn cmd_predict(a: &PredictArgs) -> Result<()> {
+    // Each input is an image, or a study folder whose images form one study.
+    let mut groups: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
+    for input in &a.inputs {
+        if input.is_dir() {
+            let mut images: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("cannot read {}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && is_image(p))
+                .collect();
+            images.sort();
+            if images.is_empty() {
+                bail!("{}: no PNG or JPEG images in this folder", input.display());
+            }
+            groups.push((input.clone(), images));
+        } else if input.is_file() {
+            groups.push((input.clone(), vec![input.clone()]));
+        } else {
+            bail!("{}: no such file or folder", input.display());
+        }
+    }
+    let run = TrainedRun::open(&a.run, a.weights.into(), None)?;
+    let paths: Vec<PathBuf> = groups.iter().flat_map(|(_, g)| g.clone()).collect();
+    let probs = run.predict_paths(&paths, a.threads)?;
+    let mut i = 0;
+    let mut results = Vec::new();
+    for (input, images) in &groups {
+        let p = &probs[i..i + images.len()];
+        i += images.len();
+        let mean = p.iter().sum::<f64>() / p.len() as f64;
+        results.push(serde_json::json!({
+            "input": input.display().to_string(),
+            "probability": mean,
+            "abnormal": mean > mura_metrics::DEFAULT_THRESHOLD,
+            "images": images.iter().zip(p).map(|(path, q)| serde_json::json!({
+                "path": path.display().to_string(), "probability": q
+            })).collect::<Vec<_>>(),
+        }));
+        if !a.json {
+            if images.len() > 1 || input.is_dir() {
+                for (path, q) in images.iter().zip(p) {
+                    println!("  {:.4}  {}", q, path.display());
+                }
+                println!(
+                    "{:.4}  {}  (study: mean of {} images, {})",
+                    mean,
+                    input.display(),
+                    images.len(),
+                    if mean > mura_metrics::DEFAULT_THRESHOLD {
+                        "abnormal"
+                    } else {
+                        "normal"
+                    }
+                );
+            } else {
+                println!(
+                    "{:.4}  {}  ({})",
+                    mean,
+                    input.display(),
+                    if mean > mura_metrics::DEFAULT_THRESHOLD {
+                        "abnormal"
+                    } else {
+                        "normal"
+                    }
+                );
+            }
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&results)?);
+    }
+    Ok(())
+}

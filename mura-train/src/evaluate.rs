@@ -1,0 +1,402 @@
+//! Evaluation of a trained run and prediction on new images.
+//!
+//! `evaluate` scores a split of the run's manifest at image level and study level (a study's
+//! probability is the mean of its images'), overall and per body part, with seeded percentile
+//! bootstrap 95% intervals (studies resampled for study-level figures), and writes
+//! `predictions.csv`, `study_predictions.csv` and the `evaluation` entry of `metrics.json`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+use candle_nn::VarMap;
+use mura_data::{BodyPart, ImageRecord, Manifest, Role};
+use mura_metrics::{BinaryReport, BootstrapConfig, Interval, MetricsError};
+use mura_models::Model;
+use mura_models::checkpoint::{self, LoadOptions};
+use serde::Serialize;
+
+use crate::TrainError;
+use crate::config::RunConfig;
+use crate::epoch::{Example, batches, predict};
+use crate::fit::{device, files, loader, pipelines};
+use crate::state::{OPTIM_PREFIX, write_durable};
+
+/// Which checkpoint of a run to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weights {
+    /// `best.safetensors` (the monitored quantity's best epoch).
+    #[default]
+    Best,
+    /// `last.safetensors` (the last epoch).
+    Last,
+}
+
+impl Weights {
+    pub fn file(self) -> &'static str {
+        match self {
+            Weights::Best => files::BEST,
+            Weights::Last => files::LAST,
+        }
+    }
+}
+
+/// A trained run, ready to predict.
+pub struct TrainedRun {
+    pub dir: PathBuf,
+    pub config: RunConfig,
+    pub model: Model,
+    pub varmap: VarMap,
+    pub device: Device,
+}
+
+impl std::fmt::Debug for TrainedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainedRun")
+            .field("dir", &self.dir)
+            .field("arch", &self.model.arch())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrainedRun {
+    /// Opens a run directory: its `config.toml` and the chosen checkpoint.
+    pub fn open(
+        dir: &Path,
+        weights: Weights,
+        device_spec: Option<&str>,
+    ) -> Result<Self, TrainError> {
+        let config = RunConfig::load(&dir.join(files::CONFIG))?;
+        let dev = device(device_spec.unwrap_or(&config.device))?;
+        let (model, varmap) = Model::with_seed(&config.model, config.seed, &dev)?;
+        let path = dir.join(weights.file());
+        if !path.exists() {
+            return Err(TrainError::BadCheckpoint {
+                path,
+                reason: "missing: the run has not finished an epoch".into(),
+            });
+        }
+        checkpoint::load(
+            &model,
+            &varmap,
+            &path,
+            LoadOptions {
+                ignore_prefix: Some(OPTIM_PREFIX),
+                ..LoadOptions::default()
+            },
+        )?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            model,
+            varmap,
+            device: dev,
+        })
+    }
+
+    /// Eval-mode probabilities of `paths`, in their order.
+    pub fn predict_paths(&self, paths: &[PathBuf], threads: usize) -> Result<Vec<f64>, TrainError> {
+        let examples: Arc<Vec<Example>> = Arc::new(
+            paths
+                .iter()
+                .map(|p| Example {
+                    path: p.clone(),
+                    label: false,
+                    weight: 1.0,
+                })
+                .collect(),
+        );
+        let (_, eval) = pipelines(&self.config, &self.model)?;
+        let mut lc = loader(&self.config, false);
+        lc.threads = threads.max(1);
+        let bs = self
+            .config
+            .train
+            .eval_batch_size
+            .unwrap_or(self.config.train.batch_size);
+        let mut out = vec![f64::NAN; paths.len()];
+        for (i, p) in predict(
+            &self.model,
+            batches(&examples, &eval, lc, 0, bs, &self.device)?,
+        )? {
+            out[i] = p;
+        }
+        Ok(out)
+    }
+}
+
+/// A metric with its bootstrap interval.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scored {
+    pub report: BinaryReport,
+    /// 95% intervals of AUC, accuracy, kappa, F1, precision, recall, specificity (absent when the
+    /// metric is undefined).
+    pub intervals: BTreeMap<&'static str, Interval>,
+}
+
+/// Image-level or study-level scores, overall and per body part.
+#[derive(Debug, Clone, Serialize)]
+pub struct Level {
+    pub overall: Scored,
+    pub body_parts: BTreeMap<String, Scored>,
+}
+
+/// One image's prediction.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImagePrediction {
+    pub path: String,
+    pub study: String,
+    pub body_part: BodyPart,
+    pub label: bool,
+    pub probability: f64,
+}
+
+/// One study's prediction (mean of its images).
+#[derive(Debug, Clone, Serialize)]
+pub struct StudyPrediction {
+    pub study: String,
+    pub body_part: BodyPart,
+    pub label: bool,
+    pub probability: f64,
+    pub images: usize,
+}
+
+/// What `evaluate` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub split: String,
+    pub weights: Weights,
+    pub images: Level,
+    pub studies: Level,
+    #[serde(skip)]
+    pub image_predictions: Vec<ImagePrediction>,
+    #[serde(skip)]
+    pub study_predictions: Vec<StudyPrediction>,
+}
+
+type Metric = fn(&[bool], &[f64]) -> Result<Option<f64>, MetricsError>;
+
+fn scored(
+    labels: &[bool],
+    probs: &[f64],
+    seed: u64,
+    resamples: usize,
+) -> Result<Scored, TrainError> {
+    let t = mura_metrics::DEFAULT_THRESHOLD;
+    let report = mura_metrics::evaluate(labels, probs, t)?;
+    let metrics: [(&'static str, Metric); 7] = [
+        ("auc", |l, p| mura_metrics::roc_auc(l, p)),
+        ("accuracy", |l, p| {
+            mura_metrics::accuracy(l, p, mura_metrics::DEFAULT_THRESHOLD).map(Some)
+        }),
+        ("kappa", |l, p| {
+            mura_metrics::cohen_kappa(l, p, mura_metrics::DEFAULT_THRESHOLD)
+        }),
+        ("f1", |l, p| {
+            mura_metrics::f1(l, p, mura_metrics::DEFAULT_THRESHOLD)
+        }),
+        ("precision", |l, p| {
+            mura_metrics::precision(l, p, mura_metrics::DEFAULT_THRESHOLD)
+        }),
+        ("recall", |l, p| {
+            mura_metrics::recall(l, p, mura_metrics::DEFAULT_THRESHOLD)
+        }),
+        ("specificity", |l, p| {
+            mura_metrics::specificity(l, p, mura_metrics::DEFAULT_THRESHOLD)
+        }),
+    ];
+    let mut intervals = BTreeMap::new();
+    if resamples > 0 {
+        let cfg = BootstrapConfig {
+            resamples,
+            level: 0.95,
+            seed,
+        };
+        for (name, f) in metrics {
+            if let Some(i) = mura_metrics::bootstrap_ci(labels, probs, cfg, f)? {
+                intervals.insert(name, i);
+            }
+        }
+    }
+    Ok(Scored { report, intervals })
+}
+
+fn level(
+    parts: &[BodyPart],
+    labels: &[bool],
+    probs: &[f64],
+    seed: u64,
+    resamples: usize,
+) -> Result<Level, TrainError> {
+    let overall = scored(labels, probs, seed, resamples)?;
+    let mut body_parts = BTreeMap::new();
+    for part in BodyPart::ALL {
+        let idx: Vec<usize> = (0..parts.len()).filter(|&i| parts[i] == part).collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let l: Vec<bool> = idx.iter().map(|&i| labels[i]).collect();
+        let p: Vec<f64> = idx.iter().map(|&i| probs[i]).collect();
+        body_parts.insert(
+            part.short().to_string(),
+            scored(&l, &p, seed ^ part.index() as u64, resamples)?,
+        );
+    }
+    Ok(Level {
+        overall,
+        body_parts,
+    })
+}
+
+/// How to evaluate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvaluateOptions {
+    pub role: Role,
+    pub weights: Weights,
+    /// Bootstrap resamples for the intervals (0: none).
+    pub resamples: usize,
+    pub threads: usize,
+}
+
+impl Default for EvaluateOptions {
+    fn default() -> Self {
+        Self {
+            role: Role::Test,
+            weights: Weights::Best,
+            resamples: 1000,
+            threads: 2,
+        }
+    }
+}
+
+/// Scores the run in `dir` on one role of its manifest and writes the prediction files and
+/// `metrics.json` into the run directory.
+pub fn evaluate(dir: &Path, options: EvaluateOptions) -> Result<Evaluation, TrainError> {
+    let run = TrainedRun::open(dir, options.weights, None)?;
+    let manifest = Manifest::load(&dir.join(files::SPLIT))?;
+    let records: Vec<ImageRecord> = manifest.role(options.role).cloned().collect();
+    if records.is_empty() {
+        return Err(TrainError::Config {
+            path: dir.join(files::SPLIT),
+            reason: format!("no {} images in the run's split", options.role.as_str()),
+        });
+    }
+    let root = run.config.data.root.clone().unwrap_or_default();
+    let (base, _) = mura_data::locate(&root)?;
+    let paths: Vec<PathBuf> = records.iter().map(|r| r.file(&base)).collect();
+    let probs = run.predict_paths(&paths, options.threads)?;
+    let ev = score(&records, &probs, options, run.config.seed)?;
+    write_predictions(dir, &ev)?;
+    let metrics_path = dir.join(files::METRICS);
+    let mut metrics: serde_json::Value = std::fs::read_to_string(&metrics_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    let unwritable = |e: serde_json::Error| TrainError::Unwritable {
+        path: metrics_path.clone(),
+        reason: e.to_string(),
+    };
+    if let Some(obj) = metrics.as_object_mut() {
+        obj.insert(
+            format!("evaluation_{}", options.role.as_str()),
+            serde_json::to_value(&ev).map_err(unwritable)?,
+        );
+    }
+    let text = serde_json::to_string_pretty(&metrics).map_err(unwritable)?;
+    write_durable(&metrics_path, text.as_bytes())?;
+    Ok(ev)
+}
+
+/// Image- and study-level scores of `probs` for `records`.
+pub fn score(
+    records: &[ImageRecord],
+    probs: &[f64],
+    options: EvaluateOptions,
+    seed: u64,
+) -> Result<Evaluation, TrainError> {
+    let labels: Vec<bool> = records.iter().map(|r| r.label).collect();
+    let parts: Vec<BodyPart> = records.iter().map(|r| r.body_part).collect();
+    let images = level(&parts, &labels, probs, seed, options.resamples)?;
+    let keys: Vec<String> = records.iter().map(|r| r.study_key().to_string()).collect();
+    let studies = mura_metrics::aggregate_studies(&keys, &labels, probs)?;
+    let part_of: BTreeMap<&str, BodyPart> = records
+        .iter()
+        .map(|r| (r.study_key(), r.body_part))
+        .collect();
+    let study_predictions: Vec<StudyPrediction> = studies
+        .iter()
+        .map(|s| StudyPrediction {
+            study: s.study.clone(),
+            body_part: part_of[s.study.as_str()],
+            label: s.label,
+            probability: s.probability,
+            images: s.images,
+        })
+        .collect();
+    let s_labels: Vec<bool> = study_predictions.iter().map(|s| s.label).collect();
+    let s_probs: Vec<f64> = study_predictions.iter().map(|s| s.probability).collect();
+    let s_parts: Vec<BodyPart> = study_predictions.iter().map(|s| s.body_part).collect();
+    let study_level = level(
+        &s_parts,
+        &s_labels,
+        &s_probs,
+        seed ^ 0x5757,
+        options.resamples,
+    )?;
+    Ok(Evaluation {
+        split: options.role.as_str().to_string(),
+        weights: options.weights,
+        images,
+        studies: study_level,
+        image_predictions: records
+            .iter()
+            .zip(probs)
+            .map(|(r, &p)| ImagePrediction {
+                path: r.path.clone(),
+                study: r.study_key().to_string(),
+                body_part: r.body_part,
+                label: r.label,
+                probability: p,
+            })
+            .collect(),
+        study_predictions,
+    })
+}
+
+/// Writes `predictions.csv` (`path,study,body_part,label,probability`) and
+/// `study_predictions.csv` (`study,body_part,label,probability`).
+pub fn write_predictions(dir: &Path, ev: &Evaluation) -> Result<(), TrainError> {
+    let mut images = String::from("path,study,body_part,label,probability\n");
+    for p in &ev.image_predictions {
+        images.push_str(&format!(
+            "{},{},{},{},{:.6}\n",
+            csv_field(&p.path),
+            csv_field(&p.study),
+            p.body_part.folder(),
+            u8::from(p.label),
+            p.probability
+        ));
+    }
+    write_durable(&dir.join("predictions.csv"), images.as_bytes())?;
+    let mut studies = String::from("study,body_part,label,probability\n");
+    for s in &ev.study_predictions {
+        studies.push_str(&format!(
+            "{},{},{},{:.6}\n",
+            csv_field(&s.study),
+            s.body_part.folder(),
+            u8::from(s.label),
+            s.probability
+        ));
+    }
+    write_durable(&dir.join("study_predictions.csv"), studies.as_bytes())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}

@@ -1,0 +1,200 @@
+//! Training checkpoints: the model's tensors, the optimiser's state (tensors named `optim.*`) and
+//! the run's progress (JSON in the safetensors header's metadata) in one file, written to a
+//! temporary name, flushed to disk and renamed, so a crash leaves either the old file or the new one.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::epoch::EpochProgress;
+use crate::history::HistoryRow;
+use crate::policy::{EarlyStopping, Plateau};
+
+/// The metadata key holding [`TrainState`] as JSON.
+pub const STATE_KEY: &str = "mura.train_state";
+/// Names of optimiser-state tensors start with this; a model loader ignores them.
+pub const OPTIM_PREFIX: &str = "optim.";
+
+/// Everything about a run's progress that is not a tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs fully done.
+    pub epochs_done: u32,
+    /// 0, or 1 in the second stage of two-stage fine-tuning.
+    pub stage: u32,
+    /// Optimiser steps taken over the whole run.
+    pub global_step: u64,
+    /// The learning rate the schedule and the plateau policy start from (the current stage's).
+    pub base_lr: f64,
+    pub early_stopping: Option<EarlyStopping>,
+    pub plateau: Option<Plateau>,
+    /// Best monitored value and its (1-based) epoch.
+    pub best: Option<(f64, u32)>,
+    pub history: Vec<HistoryRow>,
+    /// The part of an interrupted epoch already done.
+    pub partial: Option<EpochProgress>,
+    /// Why the run ended, once it has.
+    pub finished: Option<String>,
+}
+
+/// One tensor's bytes, as the safetensors writer wants them.
+struct Raw {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &Raw {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn raw(t: &Tensor) -> Result<Raw, TrainError> {
+    let shape = t.dims().to_vec();
+    let flat = t.flatten_all()?;
+    let (dtype, bytes) = match t.dtype() {
+        DType::F64 => (
+            Dtype::F64,
+            flat.to_vec1::<f64>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        _ => (
+            Dtype::F32,
+            flat.to_dtype(DType::F32)?
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+    };
+    Ok(Raw {
+        dtype,
+        shape,
+        bytes,
+    })
+}
+
+fn unwritable(path: &Path, reason: impl ToString) -> TrainError {
+    TrainError::Unwritable {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn unreadable(path: &Path, reason: impl ToString) -> TrainError {
+    TrainError::BadCheckpoint {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Writes `bytes` to `path` through `<path>.tmp`, flushed to disk before the rename.
+pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            // Persist the rename; not every platform allows syncing a folder.
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        unwritable(path, e)
+    })
+}
+
+/// Saves tensors and, when given, the training state, durably.
+pub fn save(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    state: Option<&TrainState>,
+) -> Result<(), TrainError> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut raws = Vec::with_capacity(names.len());
+    for n in &names {
+        raws.push(raw(&tensors[*n])?);
+    }
+    let metadata = match state {
+        Some(s) => Some(HashMap::from([(
+            STATE_KEY.to_string(),
+            serde_json::to_string(s).map_err(|e| unwritable(path, e))?,
+        )])),
+        None => None,
+    };
+    let bytes = safetensors::serialize(names.iter().map(|n| n.as_str()).zip(&raws), metadata)
+        .map_err(|e| unwritable(path, e))?;
+    write_durable(path, &bytes)
+}
+
+/// A checkpoint read back: all its tensors and its training state, if it has one.
+#[derive(Debug)]
+pub struct Loaded {
+    pub tensors: HashMap<String, Tensor>,
+    pub state: Option<TrainState>,
+}
+
+impl Loaded {
+    /// The optimiser's tensors.
+    pub fn optimizer(&self) -> HashMap<String, Tensor> {
+        self.tensors
+            .iter()
+            .filter(|(n, _)| n.starts_with(OPTIM_PREFIX))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect()
+    }
+}
+
+/// Reads a checkpoint written by [`save`].
+pub fn load(path: &Path, device: &Device) -> Result<Loaded, TrainError> {
+    let bytes = std::fs::read(path).map_err(|e| unreadable(path, e))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| unreadable(path, e))?;
+    let state = match meta.metadata().as_ref().and_then(|m| m.get(STATE_KEY)) {
+        Some(json) => Some(
+            serde_json::from_str(json)
+                .map_err(|e| unreadable(path, format!("training state: {e}")))?,
+        ),
+        None => None,
+    };
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| unreadable(path, e))?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::F64 => DType::F64,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            other => return Err(unreadable(path, format!("`{name}` is {other:?}"))),
+        };
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), device)?;
+        tensors.insert(name, t);
+    }
+    Ok(Loaded { tensors, state })
+}
