@@ -510,3 +510,63 @@ pub fn cmd_predict(a: &PredictArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// The demo's run: a 5-block CNN (8 filters doubling, global max pooling) on gray input, balanced
+/// class weights, the MURA paper's flips and ±30° rotations, Adam, early stopping on validation
+/// AUC and plateau decay on validation loss.
+pub fn demo_config(
+    data: &Path,
+    seed: u64,
+    epochs: u32,
+    image_size: usize,
+    threads: usize,
+) -> RunConfig {
+    use mura_models::{CnnConfig, LocalPool, Readout};
+    use mura_train::policy::{Monitor, PlateauConfig};
+    RunConfig {
+        name: Some("demo".into()),
+        seed,
+        device: "cpu".into(),
+        data: mura_train::DataConfig {
+            class_weights: mura_train::ClassWeighting::Balanced,
+            resize: mura_augment::ResizeMode::Stretch,
+            threads,
+            ..mura_train::DataConfig::new(Some(data.to_path_buf()))
+        },
+        model: ModelConfig {
+            in_channels: 1,
+            input_size: Some(image_size),
+            cnn: Some(CnnConfig {
+                blocks: 5,
+                filters: 8,
+                pool: Some(LocalPool::Max),
+                readout: Readout::GlobalMax,
+                dropout: 0.2,
+                ..CnnConfig::custom_cnn()
+            }),
+            ..ModelConfig::new(Arch::CustomCnn)
+        },
+        pretrained: None,
+        train: mura_train::TrainConfig {
+            epochs,
+            batch_size: 32,
+            optimizer: mura_train::OptimizerConfig::adam(3e-3),
+            monitor: Monitor::ValAuc,
+            early_stopping: Some(mura_train::EarlyStoppingSettings {
+                monitor: Monitor::ValAuc,
+                patience: 3,
+                min_delta: 0.0,
+                restore_best: true,
+            }),
+            plateau: Some(PlateauConfig {
+                monitor: Monitor::ValLoss,
+                factor: 0.2,
+                patience: 2,
+                cooldown: 0,
+                min_lr: 1e-5,
+                min_delta: 0.0,
+            }),
+            ..mura_train::TrainConfig::default()
+        },
+    }
+}

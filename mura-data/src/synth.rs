@@ -45,7 +45,7 @@ pub enum Difficulty {
     /// in a third of patients. The calibrated setting (see the module docs).
     #[default]
     Standard,
-    /// Findings at strength 0.85–1.0, shown in every view; no growth plates. The same studies,
+    /// Findings twice the size, at strength 0.85–1.0, shown in every view; no growth plates. The same studies,
     /// patients and labels as `Standard` for the same seed. Small CPU budgets (`mura demo`) learn it
     /// in a few epochs.
     Easy,
@@ -121,6 +121,8 @@ struct PlannedStudy {
     growth_plates: bool,
     /// Which views show the finding.
     shown: Vec<bool>,
+    /// Size multiplier of the finding (2 in `Easy`).
+    scale: f32,
 }
 
 impl PlannedStudy {
@@ -212,6 +214,10 @@ fn plan(config: &SynthConfig) -> Vec<PlannedStudy> {
                 finding,
                 growth_plates,
                 shown,
+                scale: match config.difficulty {
+                    Difficulty::Standard => 1.0,
+                    Difficulty::Easy => 2.0,
+                },
             });
         }
     }
@@ -565,8 +571,8 @@ fn render(
         let across = (-axis.1, axis.0);
         // Sizes have a floor relative to the image, so findings on thin bones stay visible when
         // the image is downscaled for training.
-        let gap = (c.r * (0.5 + 0.5 * strength)).max(0.02);
-        let shift = (c.r * (0.5 + 0.5 * strength)).max(0.025) * tilt.signum();
+        let gap = (c.r * (0.5 + 0.5 * strength)).max(0.02) * study.scale;
+        let shift = (c.r * (0.5 + 0.5 * strength)).max(0.025) * tilt.signum() * study.scale;
         let (sin, cos) = (tilt * 0.5).sin_cos();
         let (ex, ey) = (c.b.0 - p.0, c.b.1 - p.1);
         let end = (p.0 + cos * ex - sin * ey, p.1 + sin * ex + cos * ey);
@@ -618,7 +624,7 @@ fn render(
                 canvas.metal_bar(
                     (a.0 + side.0, a.1 + side.1),
                     (b.0 + side.0, b.1 + side.1),
-                    (r * 0.3).max(0.008 * canvas.unit),
+                    (r * 0.3).max(0.008 * canvas.unit) * study.scale,
                 );
                 for q in [-0.75f32, -0.25, 0.25, 0.75] {
                     let m = (center.0 + axis.0 * half * q, center.1 + axis.1 * half * q);
@@ -630,7 +636,7 @@ fn render(
                 }
             }
             Finding::Lesion { lytic } => {
-                let radius = (r * (0.7 + 0.3 * strength)).max(0.035 * canvas.unit);
+                let radius = (r * (0.7 + 0.3 * strength)).max(0.035 * canvas.unit) * study.scale;
                 let factor = if lytic {
                     0.35 - 0.3 * strength
                 } else {

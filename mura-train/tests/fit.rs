@@ -1,0 +1,340 @@
+//! Whole runs on a tiny synthetic MURA: the run directory, learning, interrupt and resume,
+//! evaluation files, and the faults a run must refuse or survive.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::Device;
+use mura_data::synth::{Difficulty, SynthConfig, generate};
+use mura_models::{Arch, CnnConfig, LocalPool, ModelConfig, Readout};
+use mura_train::fit::files;
+use mura_train::policy::{Monitor, PlateauConfig};
+use mura_train::{
+    ClassWeighting, DataConfig, EarlyStoppingSettings, EvaluateOptions, FitEnd, FitOptions,
+    OptimizerConfig, RunConfig, Silent, TrainConfig, TrainError, create_run_dir, evaluate, fit,
+};
+
+/// One small, easy synthetic data set shared by the tests (generated once per test binary).
+fn data() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        generate(
+            dir.path(),
+            &SynthConfig {
+                studies: 500,
+                seed: 3,
+                max_side: 128,
+                valid_fraction: 0.2,
+                odd_format_fraction: 0.0,
+                difficulty: Difficulty::Easy,
+            },
+        )
+        .unwrap();
+        dir
+    })
+    .path()
+}
+
+/// A 5-block CNN (8 filters doubling) on `size`-px gray input, Adam 3e-3, balanced weights, the
+/// MURA paper's flips and rotations.
+fn config(name: &str, epochs: u32) -> RunConfig {
+    sized(name, epochs, 48)
+}
+
+fn sized(name: &str, epochs: u32, size: usize) -> RunConfig {
+    RunConfig {
+        name: Some(name.into()),
+        seed: 11,
+        device: "cpu".into(),
+        data: DataConfig {
+            class_weights: ClassWeighting::Balanced,
+            resize: mura_augment::ResizeMode::Stretch,
+            ..DataConfig::new(Some(data().to_path_buf()))
+        },
+        model: ModelConfig {
+            in_channels: 1,
+            input_size: Some(size),
+            cnn: Some(CnnConfig {
+                blocks: if size >= 96 { 5 } else { 4 },
+                filters: 8,
+                pool: Some(LocalPool::Max),
+                readout: Readout::GlobalMax,
+                dropout: 0.1,
+                ..CnnConfig::custom_cnn()
+            }),
+            ..ModelConfig::new(Arch::CustomCnn)
+        },
+        pretrained: None,
+        train: TrainConfig {
+            epochs,
+            batch_size: 16,
+            optimizer: OptimizerConfig::adam(3e-3),
+            ..TrainConfig::default()
+        },
+    }
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let map = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = map
+        .into_iter()
+        .map(|(n, t)| {
+            let v = t
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            (n, v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn new_run(c: &RunConfig) -> (tempfile::TempDir, PathBuf) {
+    let out = tempfile::tempdir().unwrap();
+    let dir = create_run_dir(c, out.path()).unwrap();
+    (out, dir)
+}
+
+#[test]
+fn a_run_learns_and_leaves_a_complete_run_directory() {
+    let mut c = sized("learn", 4, 96);
+    c.train.plateau = Some(PlateauConfig {
+        monitor: Monitor::ValLoss,
+        factor: 0.2,
+        patience: 2,
+        cooldown: 0,
+        min_lr: 1e-5,
+        min_delta: 0.0,
+    });
+    let (_out, dir) = new_run(&c);
+    let s = fit(&c, &dir, &FitOptions::default(), &mut Silent).unwrap();
+    assert_eq!(s.epochs_done, 4);
+    assert!(matches!(s.end, FitEnd::Finished(_)));
+    for f in [
+        files::CONFIG,
+        files::SPLIT,
+        files::HISTORY,
+        files::BEST,
+        files::LAST,
+        files::METRICS,
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    // No temporary file is left behind.
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().to_string();
+        assert!(!name.ends_with(".tmp"), "{name}");
+    }
+    let history = std::fs::read_to_string(dir.join(files::HISTORY)).unwrap();
+    assert_eq!(history.lines().count(), 5, "{history}");
+    let h = &s.history;
+    let first = &h[0];
+    let best_loss = h.iter().map(|r| r.val_loss).fold(f64::INFINITY, f64::min);
+    let best_auc = h.iter().filter_map(|r| r.val_auc).fold(0.0, f64::max);
+    assert!(best_loss < first.val_loss, "val loss never fell: {h:?}");
+    assert!(best_auc > 0.62, "val AUC stayed near chance: {h:?}");
+    assert!(h.last().unwrap().train_loss < first.train_loss, "{h:?}");
+    // The config saved is the one that ran, with absolute paths, and reads back.
+    let saved = RunConfig::load(&dir.join(files::CONFIG)).unwrap();
+    assert_eq!(saved.train, c.train);
+    assert!(saved.data.root.unwrap().is_absolute());
+
+    // Evaluation writes re-scorable files.
+    let ev = evaluate(
+        &dir,
+        EvaluateOptions {
+            resamples: 200,
+            ..EvaluateOptions::default()
+        },
+    )
+    .unwrap();
+    let preds = std::fs::read_to_string(dir.join("predictions.csv")).unwrap();
+    let mut lines = preds.lines();
+    assert_eq!(lines.next(), Some("path,study,body_part,label,probability"));
+    assert_eq!(lines.count(), ev.images.overall.report.n);
+    let studies = std::fs::read_to_string(dir.join("study_predictions.csv")).unwrap();
+    assert_eq!(
+        studies.lines().next(),
+        Some("study,body_part,label,probability")
+    );
+    assert_eq!(studies.lines().count() - 1, ev.studies.overall.report.n);
+    let auc = ev.studies.overall.report.auc.unwrap();
+    let ci = ev.studies.overall.intervals["auc"];
+    assert!(ci.lower <= auc && auc <= ci.upper, "{ci:?} vs {auc}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(files::METRICS)).unwrap()).unwrap();
+    assert!(metrics["training"]["epochs_done"].as_u64() == Some(4));
+    assert!(metrics["evaluation_test"]["studies"]["overall"]["report"]["auc"].is_number());
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_weights_bit_for_bit() {
+    let mut c = config("resume", 2);
+    c.train.early_stopping = Some(EarlyStoppingSettings {
+        monitor: Monitor::ValAuc,
+        patience: 5,
+        min_delta: 0.0,
+        restore_best: true,
+    });
+    let (_a, whole) = new_run(&c);
+    fit(&c, &whole, &FitOptions::default(), &mut Silent).unwrap();
+
+    let (_b, cut) = new_run(&c);
+    // Stop mid-epoch 1 (step 3 of 10), then again in epoch 2, then finish.
+    for stop in [Some(3), Some(14), None] {
+        let s = fit(
+            &c,
+            &cut,
+            &FitOptions {
+                stop_after_steps: stop,
+                ..FitOptions::default()
+            },
+            &mut Silent,
+        )
+        .unwrap();
+        if stop.is_some() {
+            assert!(matches!(s.end, FitEnd::Interrupted { .. }), "{:?}", s.end);
+        } else {
+            assert!(matches!(s.end, FitEnd::Finished(_)), "{:?}", s.end);
+        }
+    }
+    for f in [files::LAST, files::BEST] {
+        let (x, y) = (tensors(&whole.join(f)), tensors(&cut.join(f)));
+        assert_eq!(x.len(), y.len());
+        for ((n, a), (m, b)) in x.iter().zip(&y) {
+            assert_eq!(n, m);
+            assert!(
+                a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{f}: {n} differs after resuming"
+            );
+        }
+    }
+    let (hx, hy) = (
+        std::fs::read_to_string(whole.join(files::HISTORY)).unwrap(),
+        std::fs::read_to_string(cut.join(files::HISTORY)).unwrap(),
+    );
+    // Same losses and metrics; only the timing columns may differ.
+    let strip = |h: &str| -> Vec<String> {
+        h.lines()
+            .map(|l| l.split(',').take(11).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    assert_eq!(strip(&hx), strip(&hy));
+    // A finished run resumed again does nothing more.
+    let again = fit(&c, &cut, &FitOptions::default(), &mut Silent).unwrap();
+    assert_eq!(again.epochs_done, 2);
+}
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
+    let mut c = config("nan", 3);
+    c.train.optimizer = OptimizerConfig::Sgd {
+        // Large enough that the weights overflow f32 after the first step.
+        lr: 1e300,
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+    };
+    let (_out, dir) = new_run(&c);
+    let err = fit(&c, &dir, &FitOptions::default(), &mut Silent).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TrainError::NonFinite { .. }), "{msg}");
+    assert!(msg.contains("epoch 0") && msg.contains("step"), "{msg}");
+    // The last checkpoint on disk is the last good one: it loads and every value is finite.
+    for (name, values) in tensors(&dir.join(files::LAST)) {
+        if name.starts_with("optim.") {
+            continue; // the optimiser's state holds the (huge) learning rate itself
+        }
+        assert!(values.iter().all(|v| v.is_finite()), "{name} is not finite");
+    }
+}
+
+#[test]
+fn an_unwritable_run_directory_fails_before_training() {
+    let c = config("nowrite", 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let err = create_run_dir(&c, &file).unwrap_err();
+    assert!(matches!(err, TrainError::Unwritable { .. }), "{err}");
+    assert!(err.to_string().contains("a-file"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
+}
+
+#[test]
+fn an_existing_run_is_not_overwritten() {
+    let c = config("twice", 1);
+    let out = tempfile::tempdir().unwrap();
+    let dir = create_run_dir(&c, out.path()).unwrap();
+    let before = std::fs::read(dir.join(files::CONFIG)).unwrap();
+    let err = create_run_dir(&c, out.path()).unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+    assert_eq!(std::fs::read(dir.join(files::CONFIG)).unwrap(), before);
+}
+
+#[test]
+fn mismatched_pretrained_weights_are_refused_naming_the_tensors() {
+    let mut c = config("mismatch", 1);
+    // Weights of a different network: a 3-block CNN's checkpoint.
+    let tmp = tempfile::tempdir().unwrap();
+    let other = ModelConfig {
+        cnn: Some(CnnConfig {
+            blocks: 3,
+            ..c.model.cnn.clone().unwrap()
+        }),
+        ..c.model.clone()
+    };
+    let (_, vars) = mura_models::Model::with_seed(&other, 0, &Device::Cpu).unwrap();
+    let weights = tmp.path().join("other.safetensors");
+    mura_models::checkpoint::save_atomic(&mura_models::checkpoint::varmap_tensors(&vars), &weights)
+        .unwrap();
+    c.pretrained = Some(mura_train::PretrainedConfig {
+        weights: weights.clone(),
+        skip_classifier: false,
+        fold_first_conv: false,
+    });
+    let (_out, dir) = new_run(&c);
+    let err = fit(&c, &dir, &FitOptions::default(), &mut Silent).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("other.safetensors"), "{msg}");
+    assert!(msg.contains("blocks.3"), "{msg}");
+    assert!(!dir.join(files::HISTORY).exists());
+}
+
+#[test]
+fn run_configs_refuse_unknown_keys_and_bad_values_naming_them() {
+    let good = config("toml", 2).to_toml().unwrap();
+    assert_eq!(RunConfig::parse(&good).unwrap(), config("toml", 2));
+    let typo = good.replace("batch_size", "batchsize");
+    let err = RunConfig::parse(&typo).unwrap_err().to_string();
+    assert!(err.contains("batchsize") && err.contains("line"), "{err}");
+    let zero = good.replace("epochs = 2", "epochs = 0");
+    let err = RunConfig::parse(&zero).unwrap_err().to_string();
+    assert!(err.contains("train.epochs"), "{err}");
+    assert!(good.contains("body_parts = []"), "{good}");
+    let part = good.replace("body_parts = []", "body_parts = [\"knee\"]");
+    let err = RunConfig::parse(&part).unwrap_err().to_string();
+    assert!(err.contains("knee"), "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    let err = RunConfig::load(&tmp.path().join("absent.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("absent.toml"), "{err}");
+}
+
+#[test]
+fn devices_parse_and_cuda_without_the_feature_says_how_to_get_it() {
+    let cpu = mura_train::fit::device("cpu");
+    assert!(matches!(cpu, Ok(Device::Cpu)));
+    let err = fit::device("gpu").unwrap_err().to_string();
+    assert!(err.contains("cpu") && err.contains("cuda:N"), "{err}");
+    if !cfg!(feature = "cuda") {
+        let err = fit::device("cuda:0").unwrap_err().to_string();
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+}
