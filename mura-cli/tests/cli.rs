@@ -447,3 +447,141 @@ mod model {
         );
     }
 }
+
+#[test]
+fn train_evaluate_predict_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = synth(dir.path(), 40);
+    let runs = dir.path().join("runs");
+    let o = mura(&[
+        "train",
+        "--data",
+        root.to_str().unwrap(),
+        "--model",
+        "alexnet-style",
+        "--image-size",
+        "24",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.001",
+        "--seed",
+        "4",
+        "--out",
+        runs.to_str().unwrap(),
+        "--name",
+        "cli",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // One JSON object per epoch, then the summary.
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", stdout(&o));
+    assert_eq!(lines[1]["epoch"], 2);
+    assert_eq!(lines[2]["epochs_done"], 2);
+    let run = runs.join("cli");
+    let config = fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("arch = \"alexnet-style\""), "{config}");
+    assert!(config.contains("input_size = 24"), "{config}");
+
+    // The same name again is refused, nothing overwritten.
+    let o = mura(&[
+        "train",
+        "--data",
+        root.to_str().unwrap(),
+        "--out",
+        runs.to_str().unwrap(),
+        "--name",
+        "cli",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+
+    let o = mura(&["evaluate", run.to_str().unwrap(), "--bootstrap", "50"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.contains("study level (test split"), "{table}");
+    assert!(table.contains("AUC [95% CI]"), "{table}");
+    assert!(run.join("study_predictions.csv").is_file());
+
+    // Predict an image and a study folder.
+    let study = fs::read_to_string(run.join("study_predictions.csv")).unwrap();
+    let first = study.lines().nth(1).unwrap().split(',').next().unwrap();
+    let folder = root.join(first);
+    let image = fs::read_dir(&folder)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let o = mura(&[
+        "predict",
+        run.to_str().unwrap(),
+        image.to_str().unwrap(),
+        folder.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = json[1]["probability"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p));
+    assert!(!json[1]["images"].as_array().unwrap().is_empty());
+
+    // A config with an unknown key names it, with its line.
+    let bad = dir.path().join("bad.toml");
+    fs::write(
+        &bad,
+        format!(
+            "[data]\nroot = {:?}\n[model]\narch = \"custom-cnn\"\n[train]\nepochz = 3\n",
+            root.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let o = mura(&["train", "--config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("epochz") && err.contains("bad.toml") && err.contains("line 6"),
+        "{err}"
+    );
+    // Prediction on a missing run says so.
+    let o = mura(&[
+        "predict",
+        dir.path().join("nope").to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("config.toml"), "{}", stderr(&o));
+}
+
+#[test]
+fn demo_trains_evaluates_and_prints_the_study_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let args = [
+        "demo",
+        "--out",
+        out.to_str().unwrap(),
+        "--studies",
+        "60",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--quiet",
+    ];
+    let o = mura(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("study level (test split"), "{text}");
+    assert!(text.contains("demo done in"), "{text}");
+    // Running it again reuses the data and replaces the run.
+    let o = mura(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("using the synthetic data set"));
+}

@@ -288,7 +288,7 @@ impl RunConfig {
             reason: e.message().to_string()
                 + &e.span()
                     .map(|s| {
-                        let line = text[..s.start.min(text.len())].lines().count().max(1);
+                        let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
                         format!(" (line {line})")
                     })
                     .unwrap_or_default(),

@@ -313,11 +313,11 @@ fn monitored(monitor: Monitor, row: &HistoryRow) -> f64 {
     }
 }
 
-/// Probability metrics of one pass: (loss, AUC, accuracy, kappa); loss unweighted.
-fn scores(
-    examples: &[Example],
-    predictions: &[(usize, f64)],
-) -> Result<(f64, Option<f64>, Option<f64>, Option<f64>), TrainError> {
+/// (unweighted loss, AUC, accuracy, kappa) of one pass.
+type Scores = (f64, Option<f64>, Option<f64>, Option<f64>);
+
+/// Probability metrics of one pass.
+fn scores(examples: &[Example], predictions: &[(usize, f64)]) -> Result<Scores, TrainError> {
     let labels: Vec<bool> = predictions
         .iter()
         .map(|(i, _)| examples[*i].label)

@@ -1,13 +1,15 @@
 //! Whole runs on a tiny synthetic MURA: the run directory, learning, interrupt and resume,
 //! evaluation files, and the faults a run must refuse or survive.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::Device;
 use mura_data::synth::{Difficulty, SynthConfig, generate};
 use mura_models::{Arch, CnnConfig, LocalPool, ModelConfig, Readout};
-use mura_train::fit::files;
+use mura_train::fit::{device, files};
 use mura_train::policy::{Monitor, PlateauConfig};
 use mura_train::{
     ClassWeighting, DataConfig, EarlyStoppingSettings, EvaluateOptions, FitEnd, FitOptions,
@@ -329,12 +331,12 @@ fn run_configs_refuse_unknown_keys_and_bad_values_naming_them() {
 
 #[test]
 fn devices_parse_and_cuda_without_the_feature_says_how_to_get_it() {
-    let cpu = mura_train::fit::device("cpu");
+    let cpu = device("cpu");
     assert!(matches!(cpu, Ok(Device::Cpu)));
-    let err = fit::device("gpu").unwrap_err().to_string();
+    let err = device("gpu").unwrap_err().to_string();
     assert!(err.contains("cpu") && err.contains("cuda:N"), "{err}");
     if !cfg!(feature = "cuda") {
-        let err = fit::device("cuda:0").unwrap_err().to_string();
+        let err = device("cuda:0").unwrap_err().to_string();
         assert!(err.contains("--features cuda"), "{err}");
     }
 }

@@ -3,6 +3,8 @@
 //! small CNN at batch 32, until the OOM killer ended the run in epoch 3). Own test binary, so that
 //! no other test shares the process's resident size.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use candle_core::{DType, Device, Tensor};
 use mura_models::{Arch, CnnConfig, LocalPool, Model, ModelConfig, Readout};
 use mura_train::{Optim, OptimizerConfig, bce_with_logits};
