@@ -45,7 +45,7 @@ fn optimiser_steps_do_not_accumulate_memory() {
     ] {
         let (model, vars) = Model::with_seed(&cfg, 0, &dev).unwrap();
         let mut optim = Optim::new(opt, model.trainable_vars(&vars)).unwrap();
-        let mut step = |optim: &mut Optim| {
+        let step = |optim: &mut Optim| {
             let loss = bce_with_logits(&model.forward(&x, true).unwrap(), &y, None).unwrap();
             optim.step(&loss.backward().unwrap()).unwrap();
         };
