@@ -201,9 +201,6 @@ pub struct TrainConfig {
     pub schedule: Option<Schedule>,
     #[serde(default)]
     pub fine_tune: Option<FineTune>,
-    /// Train the head on features computed once, when the backbone is frozen and augmentation off.
-    #[serde(default)]
-    pub feature_cache: bool,
 }
 
 /// Early stopping and whether the best weights are restored at the end.
@@ -260,7 +257,6 @@ impl Default for TrainConfig {
             plateau: None,
             schedule: None,
             fine_tune: None,
-            feature_cache: false,
         }
     }
 }

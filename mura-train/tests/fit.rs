@@ -340,3 +340,52 @@ fn devices_parse_and_cuda_without_the_feature_says_how_to_get_it() {
         assert!(err.contains("--features cuda"), "{err}");
     }
 }
+
+#[test]
+fn two_stage_fine_tuning_trains_the_head_then_the_network_at_the_lower_rate() {
+    let mut c = config("two-stage", 2);
+    c.train.fine_tune = Some(mura_train::FineTune {
+        head_epochs: 1,
+        from: None,
+        lr: 1e-4,
+    });
+    let (_out, dir) = new_run(&c);
+    let (_, init) = mura_models::Model::with_seed(&c.model, c.seed, &Device::Cpu).unwrap();
+    let init = mura_models::checkpoint::varmap_tensors(&init);
+    let value =
+        |t: &candle_core::Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let s = fit(
+        &c,
+        &dir,
+        &FitOptions {
+            // Stop after the first step of stage 1.
+            stop_after_steps: Some(1),
+            ..FitOptions::default()
+        },
+        &mut Silent,
+    )
+    .unwrap();
+    assert!(matches!(s.end, FitEnd::Interrupted { .. }));
+    // After a stage-1 step: the backbone is as initialised, the head moved.
+    let after: std::collections::BTreeMap<String, Vec<f32>> =
+        tensors(&dir.join(files::LAST)).into_iter().collect();
+    let conv = "blocks.0.convs.0.conv.weight";
+    assert!(init.contains_key(conv), "{:?}", init.keys());
+    assert_eq!(after[conv], value(&init[conv]), "the frozen backbone moved");
+    let head = init
+        .keys()
+        .find(|n| n.starts_with("head") && n.ends_with("weight"))
+        .unwrap();
+    assert_ne!(after[head], value(&init[head]), "the head did not train");
+    let s = fit(&c, &dir, &FitOptions::default(), &mut Silent).unwrap();
+    let stages: Vec<u32> = s.history.iter().map(|r| r.stage).collect();
+    assert_eq!(stages, [0, 1]);
+    assert_eq!(s.history[1].lr, 1e-4);
+    let end: std::collections::BTreeMap<String, Vec<f32>> =
+        tensors(&dir.join(files::LAST)).into_iter().collect();
+    assert_ne!(
+        end[conv],
+        value(&init[conv]),
+        "stage 2 did not train the backbone"
+    );
+}
