@@ -406,7 +406,8 @@ pub fn fit(
     ));
 
     // Model, optimiser, state.
-    let (model, varmap) = Model::with_seed(&config.model, config.seed, &dev)?;
+    let (mut model, varmap) = Model::with_seed(&config.model, config.seed, &dev)?;
+    model.set_trainable(&trainable(config, 0))?;
     let o = optimizer(config, 0);
     let mut s = Session {
         optim: Optim::new(o.clone(), model.trainable_vars(&varmap))?,
@@ -429,7 +430,6 @@ pub fn fit(
             finished: None,
         },
     };
-    s.set_stage(config, 0)?;
     if resuming {
         let loaded = state::load(&last_path, &dev)?;
         let st = loaded
@@ -586,12 +586,8 @@ pub fn fit(
 
         // Best checkpoint.
         let value = monitored(t.monitor, &row);
-        let better = match (s.state.best, t.monitor.mode()) {
-            _ if value.is_nan() => false,
-            (None, _) => true,
-            (Some((b, _)), crate::policy::Mode::Min) => value < b,
-            (Some((b, _)), crate::policy::Mode::Max) => value > b,
-        };
+        let better =
+            crate::policy::improves(t.monitor.mode(), value, s.state.best.map(|b| b.0), 0.0);
         if better {
             s.state.best = Some((value, epoch + 1));
             s.save_best(dir)?;

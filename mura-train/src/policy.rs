@@ -34,7 +34,7 @@ impl Monitor {
 }
 
 /// Is `value` better than `best` by more than `min_delta`? NaN is never better.
-fn improves(mode: Mode, value: f64, best: Option<f64>, min_delta: f64) -> bool {
+pub(crate) fn improves(mode: Mode, value: f64, best: Option<f64>, min_delta: f64) -> bool {
     if value.is_nan() {
         return false;
     }

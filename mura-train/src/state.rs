@@ -4,8 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, View};
@@ -106,27 +105,11 @@ fn unreadable(path: &Path, reason: impl ToString) -> TrainError {
     }
 }
 
-/// Writes `bytes` to `path` through `<path>.tmp`, flushed to disk before the rename.
+/// Writes `bytes` to `path` atomically and durably ([`mura_data::write_atomic`]).
 pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && let Ok(d) = std::fs::File::open(dir)
-        {
-            // Persist the rename; not every platform allows syncing a folder.
-            let _ = d.sync_all();
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        unwritable(path, e)
+    mura_data::write_atomic(path, bytes).map_err(|e| match e {
+        mura_data::DataError::Write { source, .. } => unwritable(path, source),
+        other => unwritable(path, other),
     })
 }
 
