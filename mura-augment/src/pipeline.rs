@@ -76,6 +76,21 @@ impl AugmentConfig {
         }
     }
 
+    /// The augmentations that always apply (windowing and CLAHE at probability 1): they are part
+    /// of the preprocessing, so evaluation applies them too.
+    pub fn always(&self) -> Self {
+        Self {
+            window: self.window.filter(|w| w.probability >= 1.0),
+            clahe: self.clahe.filter(|c| c.probability >= 1.0),
+            ..Self::none()
+        }
+    }
+
+    /// True when no random draw can change a pixel: an image comes out the same at every epoch.
+    pub fn is_deterministic(&self) -> bool {
+        *self == self.always()
+    }
+
     /// The MURA paper's training augmentation: random lateral flips and rotations up to 30°.
     pub fn mura_paper() -> Self {
         Self {
@@ -969,6 +984,42 @@ mod tests {
         ));
         let one = p.process(&gray(1, 1, |_, _| 77), 0, 0).unwrap();
         assert_eq!(one.len(), 3 * 64);
+    }
+
+    #[test]
+    fn always_on_intensity_steps_are_preprocessing_and_deterministic() {
+        let window = WindowAug {
+            p_low: 5.0,
+            p_high: 95.0,
+            probability: 1.0,
+        };
+        let cfg = AugmentConfig {
+            window: Some(window),
+            clahe: Some(ClaheAug {
+                clahe: Clahe::default(),
+                probability: 0.5,
+            }),
+            ..AugmentConfig::mura_paper()
+        };
+        let always = cfg.always();
+        assert_eq!(always.window, Some(window));
+        assert_eq!(always.clahe, None);
+        assert_eq!(always.hflip, 0.0);
+        assert!(always.is_deterministic());
+        assert!(!cfg.is_deterministic());
+        assert!(AugmentConfig::none().is_deterministic());
+        // A deterministic pipeline gives the same pixels at every epoch.
+        let p = Pipeline::new(pre(12, 12, 1), always, 9).unwrap();
+        let img = gray(20, 16, |x, y| ((x * 11 + y * 5) % 256) as u8);
+        let a = p.process(&img, 0, 3).unwrap();
+        assert_eq!(a, p.process(&img, 7, 3).unwrap());
+        assert_ne!(
+            a,
+            Pipeline::new(pre(12, 12, 1), AugmentConfig::none(), 9)
+                .unwrap()
+                .process(&img, 0, 3)
+                .unwrap()
+        );
     }
 
     proptest! {

@@ -79,6 +79,8 @@ pub enum SplitArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum WeightsArg {
+    /// What the run ended with: best, or last when early stopping does not restore the best.
+    Final,
     Best,
     Last,
 }
@@ -86,6 +88,7 @@ pub enum WeightsArg {
 impl From<WeightsArg> for Weights {
     fn from(w: WeightsArg) -> Self {
         match w {
+            WeightsArg::Final => Weights::Final,
             WeightsArg::Best => Weights::Best,
             WeightsArg::Last => Weights::Last,
         }
@@ -99,7 +102,7 @@ pub struct EvaluateArgs {
     /// Which part of the run's split to score: test (the official valid set) or val.
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
     pub split: SplitArg,
-    #[arg(long, value_enum, default_value_t = WeightsArg::Best)]
+    #[arg(long, value_enum, default_value_t = WeightsArg::Final)]
     pub weights: WeightsArg,
     /// Bootstrap resamples for the 95% intervals (0: none).
     #[arg(long, default_value_t = 1000)]
@@ -117,7 +120,7 @@ pub struct PredictArgs {
     /// Images, or study folders (every image inside is predicted and averaged into the study).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-    #[arg(long, value_enum, default_value_t = WeightsArg::Best)]
+    #[arg(long, value_enum, default_value_t = WeightsArg::Final)]
     pub weights: WeightsArg,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

@@ -201,6 +201,10 @@ pub struct TrainConfig {
     pub schedule: Option<Schedule>,
     #[serde(default)]
     pub fine_tune: Option<FineTune>,
+    /// With the whole backbone frozen and no random augmentation, compute the backbone's
+    /// features once and train the head on them (see `cache.rs`).
+    #[serde(default = "yes")]
+    pub feature_cache: bool,
 }
 
 /// Early stopping and whether the best weights are restored at the end.
@@ -257,6 +261,7 @@ impl Default for TrainConfig {
             plateau: None,
             schedule: None,
             fine_tune: None,
+            feature_cache: yes(),
         }
     }
 }

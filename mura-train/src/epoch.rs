@@ -32,6 +32,20 @@ pub struct Batch {
     pub y: Tensor,
     pub w: Tensor,
     pub indices: Vec<usize>,
+    /// `x` holds backbone features (from a [`crate::cache::FeatureCache`]), not images: only the
+    /// head runs.
+    pub features: bool,
+}
+
+impl Batch {
+    /// The model's logits for this batch.
+    pub fn logits(&self, model: &Model, train: bool) -> Result<Tensor, TrainError> {
+        Ok(if self.features {
+            model.forward_head(&self.x, train)?
+        } else {
+            model.forward(&self.x, train)?
+        })
+    }
 }
 
 /// The batches of one epoch, in the loader's seeded order.
@@ -149,6 +163,7 @@ impl Iterator for Batches {
                 y: Tensor::from_vec(ys, (n, 1), &self.device)?,
                 w: Tensor::from_vec(ws, (n, 1), &self.device)?,
                 indices,
+                features: false,
             })
         };
         Some(make())
@@ -214,7 +229,7 @@ pub fn step_seed(seed: u64, epoch: u64, step: u64) -> u64 {
 pub fn train_epoch(
     model: &Model,
     optim: &mut Optim,
-    batches: Batches,
+    batches: impl Iterator<Item = Result<Batch, TrainError>>,
     seed: u64,
     epoch: u64,
 ) -> Result<EpochStats, TrainError> {
@@ -237,7 +252,7 @@ pub fn train_epoch(
 pub fn train_epoch_with(
     model: &Model,
     optim: &mut Optim,
-    batches: Batches,
+    batches: impl Iterator<Item = Result<Batch, TrainError>>,
     seed: u64,
     epoch: u64,
     progress: &mut EpochProgress,
@@ -248,8 +263,8 @@ pub fn train_epoch_with(
         let b = batch?;
         let step = progress.steps;
         model.set_seed(step_seed(seed, epoch, step));
-        let logits = model.forward(&b.x, true)?;
-        let loss = bce_with_logits(&logits, &b.y, Some(&b.w))?;
+        let logits = b.logits(model, true)?;
+        let loss = optim.regularize(bce_with_logits(&logits, &b.y, Some(&b.w))?)?;
         let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
         if !value.is_finite() {
             return Err(TrainError::NonFinite { epoch, step, value });
@@ -277,11 +292,14 @@ pub fn train_epoch_with(
 
 /// Eval-mode abnormality probabilities (sigmoid of the first logit), as (example index,
 /// probability), in the batches' order.
-pub fn predict(model: &Model, batches: Batches) -> Result<Vec<(usize, f64)>, TrainError> {
-    let mut out = Vec::with_capacity(batches.len());
+pub fn predict(
+    model: &Model,
+    batches: impl Iterator<Item = Result<Batch, TrainError>>,
+) -> Result<Vec<(usize, f64)>, TrainError> {
+    let mut out = Vec::new();
     for batch in batches {
         let b = batch?;
-        let logits = model.forward(&b.x, false)?.narrow(1, 0, 1)?;
+        let logits = b.logits(model, false)?.narrow(1, 0, 1)?;
         let p: Vec<f32> = candle_nn::ops::sigmoid(&logits)?.flatten_all()?.to_vec1()?;
         out.extend(b.indices.iter().copied().zip(p.into_iter().map(f64::from)));
     }

@@ -27,18 +27,33 @@ use crate::state::{OPTIM_PREFIX, write_durable};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Weights {
-    /// `best.safetensors` (the monitored quantity's best epoch).
+    /// The weights the run ended with: the best epoch's (Keras' `restore_best_weights`), unless
+    /// `train.early_stopping.restore_best = false`, then the last epoch's.
     #[default]
+    Final,
+    /// `best.safetensors` (the monitored quantity's best epoch).
     Best,
     /// `last.safetensors` (the last epoch).
     Last,
 }
 
 impl Weights {
-    pub fn file(self) -> &'static str {
+    /// `Best` or `Last`: what this choice means for a run configured by `config`.
+    pub fn resolve(self, config: &RunConfig) -> Weights {
         match self {
-            Weights::Best => files::BEST,
+            Weights::Final => match config.train.early_stopping {
+                Some(es) if !es.restore_best => Weights::Last,
+                _ => Weights::Best,
+            },
+            w => w,
+        }
+    }
+
+    /// The checkpoint file of this choice in a run configured by `config`.
+    pub fn file(self, config: &RunConfig) -> &'static str {
+        match self.resolve(config) {
             Weights::Last => files::LAST,
+            _ => files::BEST,
         }
     }
 }
@@ -71,7 +86,7 @@ impl TrainedRun {
         let config = RunConfig::load(&dir.join(files::CONFIG))?;
         let dev = device(device_spec.unwrap_or(&config.device))?;
         let (model, varmap) = Model::with_seed(&config.model, config.seed, &dev)?;
-        let path = dir.join(weights.file());
+        let path = dir.join(weights.file(&config));
         if !path.exists() {
             return Err(TrainError::BadCheckpoint {
                 path,
@@ -264,7 +279,7 @@ impl Default for EvaluateOptions {
     fn default() -> Self {
         Self {
             role: Role::Test,
-            weights: Weights::Best,
+            weights: Weights::Final,
             resamples: 1000,
             threads: 2,
         }
@@ -287,6 +302,10 @@ pub fn evaluate(dir: &Path, options: EvaluateOptions) -> Result<Evaluation, Trai
     let (base, _) = mura_data::locate(&root)?;
     let paths: Vec<PathBuf> = records.iter().map(|r| r.file(&base)).collect();
     let probs = run.predict_paths(&paths, options.threads)?;
+    let options = EvaluateOptions {
+        weights: options.weights.resolve(&run.config),
+        ..options
+    };
     let ev = score(&records, &probs, options, run.config.seed)?;
     write_predictions(dir, &ev)?;
     let metrics_path = dir.join(files::METRICS);
@@ -398,5 +417,32 @@ fn csv_field(s: &str) -> String {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::EarlyStoppingSettings;
+    use crate::policy::Monitor;
+
+    #[test]
+    fn final_weights_follow_restore_best() {
+        let mut c =
+            RunConfig::parse("[data]\nroot = \"data\"\n[model]\narch = \"custom-cnn\"\n").unwrap();
+        assert_eq!(Weights::Final.resolve(&c), Weights::Best);
+        let mut es = EarlyStoppingSettings {
+            monitor: Monitor::ValAuc,
+            patience: 3,
+            min_delta: 0.0,
+            restore_best: true,
+        };
+        c.train.early_stopping = Some(es);
+        assert_eq!(Weights::Final.file(&c), files::BEST);
+        es.restore_best = false;
+        c.train.early_stopping = Some(es);
+        assert_eq!(Weights::Final.resolve(&c), Weights::Last);
+        assert_eq!(Weights::Best.resolve(&c), Weights::Best);
     }
 }

@@ -14,19 +14,22 @@ use std::time::Instant;
 
 use candle_core::Device;
 use candle_nn::VarMap;
-use mura_augment::{AugmentConfig, Normalize, Pipeline, Preprocess};
+use mura_augment::{Normalize, Pipeline, Preprocess};
 use mura_data::Role;
 use mura_data::rng::derive_seed;
 use mura_data::{
-    BodyPart, ClassWeights, ImageRecord, IndexOptions, LoaderConfig, Manifest, SplitConfig,
+    BodyPart, ClassWeights, ImageRecord, IndexOptions, Loader, LoaderConfig, Manifest, SplitConfig,
 };
 use mura_models::checkpoint::{self, LoadOptions};
 use mura_models::{Model, Trainable};
 use serde::Serialize;
 
 use crate::TrainError;
+use crate::cache::FeatureCache;
 use crate::config::{ClassWeighting, Freeze, RunConfig};
-use crate::epoch::{EpochEnd, EpochProgress, Example, batches, batches_from, train_epoch_with};
+use crate::epoch::{
+    Batch, EpochEnd, EpochProgress, Example, batches, batches_from, train_epoch_with,
+};
 use crate::history::{self, HistoryRow};
 use crate::optim::{Optim, OptimizerConfig};
 use crate::policy::{EarlyStopping, Monitor, Plateau, StopDecision};
@@ -194,8 +197,10 @@ pub fn preprocess(config: &RunConfig, model: &Model) -> Preprocess {
 pub fn pipelines(config: &RunConfig, model: &Model) -> Result<(Pipeline, Pipeline), TrainError> {
     let pre = preprocess(config, model);
     let seed = derive_seed(config.seed, &[STREAM_AUGMENT]);
-    let train = Pipeline::new(pre, config.data.augment.config(), seed)?;
-    let eval = Pipeline::new(pre, AugmentConfig::none(), seed)?;
+    let augment = config.data.augment.config();
+    let train = Pipeline::new(pre, augment, seed)?;
+    // Evaluation keeps the always-on steps (windowing, CLAHE at probability 1): preprocessing.
+    let eval = Pipeline::new(pre, augment.always(), seed)?;
     Ok((train, eval))
 }
 
@@ -364,7 +369,8 @@ impl Session {
         let o = optimizer(config, stage);
         self.state.stage = stage;
         self.state.base_lr = o.lr();
-        self.optim = Optim::new(o, self.model.trainable_vars(&self.varmap))?;
+        self.optim =
+            Optim::new(o, self.model.trainable_vars(&self.varmap))?.with_l2(config.train.l2)?;
         Ok(())
     }
 }
@@ -410,7 +416,7 @@ pub fn fit(
     model.set_trainable(&trainable(config, 0))?;
     let o = optimizer(config, 0);
     let mut s = Session {
-        optim: Optim::new(o.clone(), model.trainable_vars(&varmap))?,
+        optim: Optim::new(o.clone(), model.trainable_vars(&varmap))?.with_l2(config.train.l2)?,
         model,
         varmap,
         state: TrainState {
@@ -498,8 +504,14 @@ pub fn fit(
     let total_steps = steps_per_epoch * u64::from(t.epochs);
     let eval_bs = t.eval_batch_size.unwrap_or(t.batch_size);
     let stop_flag = options.stop.clone();
+    let order = |epoch: u32| -> Result<Vec<usize>, TrainError> {
+        let files = train.iter().map(|e| e.path.clone()).collect();
+        Ok(Loader::new(files, loader(config, true))?.order(u64::from(epoch)))
+    };
 
     let mut end = None;
+    // (train, val) features of the frozen backbone; `None` inside once found too large.
+    let mut cache: Option<Option<(FeatureCache, FeatureCache)>> = None;
     for epoch in s.state.epochs_done..t.epochs {
         if let Some(f) = &t.fine_tune
             && epoch >= f.head_epochs
@@ -512,18 +524,48 @@ pub fn fit(
                 f.lr
             ));
         }
+        if !crate::cache::applies(t.feature_cache, &s.model, &train_pipe) {
+            cache = None;
+        } else if cache.is_none() {
+            let t0 = Instant::now();
+            cache = Some(feature_caches(
+                &s.model,
+                &train,
+                &val,
+                &train_pipe,
+                &eval_pipe,
+                config,
+                &dev,
+            )?);
+            observer.message(&match &cache {
+                Some(Some((a, b))) => format!(
+                    "frozen backbone: cached the features of {} images ({:.0} MB) in {:.1} s",
+                    a.len() + b.len(),
+                    (a.bytes() + b.bytes()) as f64 / 1e6,
+                    t0.elapsed().as_secs_f64()
+                ),
+                _ => "frozen backbone: features too large to cache; computing them every epoch"
+                    .into(),
+            });
+        }
+        let cached = cache.as_ref().and_then(Option::as_ref);
         let epoch_t = Instant::now();
         let mut progress = s.state.partial.take().unwrap_or_default();
         let before = progress.seconds;
-        let train_batches = batches_from(
-            &train,
-            &train_pipe,
-            loader(config, true),
-            u64::from(epoch),
-            progress.images,
-            t.batch_size,
-            &dev,
-        )?;
+        let train_batches: Box<dyn Iterator<Item = Result<Batch, TrainError>>> = match cached {
+            Some((c, _)) => {
+                Box::new(c.batches(&train, order(epoch)?, progress.images, t.batch_size))
+            }
+            None => Box::new(batches_from(
+                &train,
+                &train_pipe,
+                loader(config, true),
+                u64::from(epoch),
+                progress.images,
+                t.batch_size,
+                &dev,
+            )?),
+        };
         observer.epoch_start(epoch + 1, t.epochs, train.len(), progress.images);
         s.optim
             .set_schedule(t.schedule.map(|schedule| crate::optim::Scheduled {
@@ -562,8 +604,16 @@ pub fn fit(
 
         // Validation.
         observer.eval_start(val.len());
-        let eval_batches = batches(&val, &eval_pipe, loader(config, false), 0, eval_bs, &dev)?;
-        let val_pred = crate::epoch::predict(&s.model, eval_batches)?;
+        let val_pred = match cached {
+            Some((_, c)) => crate::epoch::predict(
+                &s.model,
+                c.batches(&val, (0..val.len()).collect(), 0, eval_bs),
+            )?,
+            None => {
+                let b = batches(&val, &eval_pipe, loader(config, false), 0, eval_bs, &dev)?;
+                crate::epoch::predict(&s.model, b)?
+            }
+        };
         let (_, train_auc, train_acc, train_kappa) = scores(&train, &progress.predictions)?;
         let (val_loss, val_auc, val_acc, val_kappa) = scores(&val, &val_pred)?;
         let stats = progress.stats();
@@ -620,6 +670,7 @@ pub fn fit(
         s.state.finished = stop_reason.clone();
         s.save_last(dir)?;
         history::write(&dir.join(files::HISTORY), &s.state.history)?;
+        crate::plot::write_curves(&dir.join(files::CURVES), &s.state.history)?;
         observer.epoch_end(&row, better);
         if let Some(r) = stop_reason {
             end = Some(FitEnd::Finished(r));
@@ -645,6 +696,44 @@ pub fn fit(
         state::write_durable(&dir.join(files::METRICS), json.as_bytes())?;
     }
     Ok(out)
+}
+
+/// The frozen backbone's features of the training and validation images, or `None` when they
+/// would pass [`crate::cache::MAX_CACHE_BYTES`].
+#[allow(clippy::too_many_arguments)]
+fn feature_caches(
+    model: &Model,
+    train: &Arc<Vec<Example>>,
+    val: &Arc<Vec<Example>>,
+    train_pipe: &Pipeline,
+    eval_pipe: &Pipeline,
+    config: &RunConfig,
+    dev: &Device,
+) -> Result<Option<(FeatureCache, FeatureCache)>, TrainError> {
+    let bs = config
+        .train
+        .eval_batch_size
+        .unwrap_or(config.train.batch_size);
+    let max = crate::cache::MAX_CACHE_BYTES;
+    let Some(a) = FeatureCache::compute(
+        model,
+        train,
+        train_pipe,
+        loader(config, false),
+        bs,
+        dev,
+        max,
+    )?
+    else {
+        return Ok(None);
+    };
+    let left = max.saturating_sub(a.bytes());
+    let Some(b) =
+        FeatureCache::compute(model, val, eval_pipe, loader(config, false), bs, dev, left)?
+    else {
+        return Ok(None);
+    };
+    Ok(Some((a, b)))
 }
 
 fn summary(config: &RunConfig, dir: &Path, s: &Session, end: FitEnd, t: Instant) -> FitSummary {

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod cache;
 pub mod config;
 pub mod epoch;
 pub mod evaluate;
@@ -7,6 +8,7 @@ pub mod fit;
 pub mod history;
 pub mod loss;
 pub mod optim;
+pub mod plot;
 pub mod policy;
 pub mod schedule;
 pub mod state;
@@ -67,6 +69,8 @@ pub enum TrainError {
         path: std::path::PathBuf,
         reason: String,
     },
+    #[error("plot: {0}")]
+    Plot(String),
     #[error(transparent)]
     Data(#[from] mura_data::DataError),
     #[error(transparent)]

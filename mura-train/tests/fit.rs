@@ -13,7 +13,8 @@ use mura_train::fit::{device, files};
 use mura_train::policy::{Monitor, PlateauConfig};
 use mura_train::{
     ClassWeighting, DataConfig, EarlyStoppingSettings, EvaluateOptions, FitEnd, FitOptions,
-    OptimizerConfig, RunConfig, Silent, TrainConfig, TrainError, create_run_dir, evaluate, fit,
+    OptimizerConfig, RunConfig, Silent, TrainConfig, TrainError, Weights, create_run_dir, evaluate,
+    fit,
 };
 
 /// One small, easy synthetic data set shared by the tests (generated once per test binary).
@@ -105,6 +106,7 @@ fn new_run(c: &RunConfig) -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn a_run_learns_and_leaves_a_complete_run_directory() {
     let mut c = sized("learn", 4, 96);
+    c.train.l2 = 1e-4;
     c.train.plateau = Some(PlateauConfig {
         monitor: Monitor::ValLoss,
         factor: 0.2,
@@ -124,6 +126,7 @@ fn a_run_learns_and_leaves_a_complete_run_directory() {
         files::BEST,
         files::LAST,
         files::METRICS,
+        files::CURVES,
     ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
@@ -155,6 +158,8 @@ fn a_run_learns_and_leaves_a_complete_run_directory() {
         },
     )
     .unwrap();
+    // No early stopping: the final weights are the best epoch's.
+    assert_eq!(ev.weights, Weights::Best);
     let preds = std::fs::read_to_string(dir.join("predictions.csv")).unwrap();
     let mut lines = preds.lines();
     assert_eq!(lines.next(), Some("path,study,body_part,label,probability"));
@@ -388,4 +393,69 @@ fn two_stage_fine_tuning_trains_the_head_then_the_network_at_the_lower_rate() {
         value(&init[conv]),
         "stage 2 did not train the backbone"
     );
+}
+
+/// Records the run's messages.
+#[derive(Default)]
+struct Messages(Vec<String>);
+
+impl mura_train::Observer for Messages {
+    fn message(&mut self, text: &str) {
+        self.0.push(text.to_string());
+    }
+}
+
+#[test]
+fn a_frozen_backbone_trains_its_head_on_cached_features_with_the_same_result() {
+    let mut c = config("cache", 2);
+    c.train.freeze = mura_train::Freeze::Backbone;
+    c.data.augment = mura_train::Augment::Preset(mura_augment::Preset::Eval);
+    c.train.feature_cache = false;
+    let (_a, plain) = new_run(&c);
+    let mut said = Messages::default();
+    let p = fit(&c, &plain, &FitOptions::default(), &mut said).unwrap();
+    assert!(!said.0.iter().any(|m| m.contains("cached")), "{:?}", said.0);
+
+    c.train.feature_cache = true;
+    let (_b, cached) = new_run(&c);
+    // Interrupted mid-epoch 2 and resumed: the cache follows the epoch's order from there.
+    let mut said = Messages::default();
+    let s = fit(
+        &c,
+        &cached,
+        &FitOptions {
+            stop_after_steps: Some(13),
+            ..FitOptions::default()
+        },
+        &mut said,
+    )
+    .unwrap();
+    assert!(matches!(s.end, FitEnd::Interrupted { .. }), "{:?}", s.end);
+    assert!(
+        said.0.iter().any(|m| m.contains("cached the features")),
+        "{:?}",
+        said.0
+    );
+    let q = fit(&c, &cached, &FitOptions::default(), &mut Silent).unwrap();
+    assert_eq!(q.epochs_done, 2);
+    // Same weights within 1e-4 (absolute, on values of order 0.1–1): features computed in other
+    // batch groupings may differ in the last bits.
+    for f in [files::LAST, files::BEST] {
+        for ((n, a), (m, b)) in tensors(&plain.join(f))
+            .iter()
+            .zip(&tensors(&cached.join(f)))
+        {
+            assert_eq!(n, m);
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{f}: {n} differs by {worst}");
+        }
+    }
+    for (x, y) in p.history.iter().zip(&q.history) {
+        assert!((x.val_loss - y.val_loss).abs() < 1e-5, "{x:?} vs {y:?}");
+        assert!((x.train_loss - y.train_loss).abs() < 1e-5, "{x:?} vs {y:?}");
+    }
 }
