@@ -262,6 +262,39 @@ impl From<PresetArg> for Preset {
 enum BenchCommand {
     /// Images/s of decode + resize + train augmentations + normalise through the loader.
     Pipeline(BenchPipelineArgs),
+    /// Images/s of a zoo model with random weights: inference, or whole training steps (the
+    /// workloads of `../shared/peers/models.py`, for side-by-side ratios).
+    Model(BenchModelArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    Infer,
+    Train,
+}
+
+#[derive(Debug, Args)]
+struct BenchModelArgs {
+    /// Architecture (`mura model list`).
+    arch: String,
+    #[arg(long, value_enum, default_value_t = ModeArg::Infer)]
+    mode: ModeArg,
+    /// Batch size [default: 16 to infer, 8 to train].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Input side [default: 256 for custom-cnn, 299 for inception_v3, 224 otherwise].
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Compute threads (candle's pool is sized once per process: the command restarts itself
+    /// with RAYON_NUM_THREADS set when it differs).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Timed steps after 2 warm-up steps; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -317,6 +350,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Synth(a) => cmd_synth(&a),
         Command::AugmentPreview(a) => cmd_preview(&a),
         Command::Bench(BenchCommand::Pipeline(a)) => cmd_bench_pipeline(&a),
+        Command::Bench(BenchCommand::Model(a)) => cmd_bench_model(&a),
         Command::Demo(a) => cmd_demo(&a),
         Command::Model(a) => cmd_model(&a),
         Command::Train(a) => crate::train_cmds::cmd_train(&a),
@@ -705,6 +739,52 @@ fn best_rate(epochs: u64, mut run: impl FnMut(u64) -> Result<usize>) -> Result<f
         best = best.max(n as f64 / t.elapsed().as_secs_f64().max(1e-9));
     }
     Ok(best)
+}
+
+fn cmd_bench_model(a: &BenchModelArgs) -> Result<()> {
+    let arch = Arch::from_name(&a.arch)?;
+    if a.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let wanted = a.threads.to_string();
+    if std::env::var("RAYON_NUM_THREADS").ok().as_deref() != Some(wanted.as_str()) {
+        let status = std::process::Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env("RAYON_NUM_THREADS", &wanted)
+            .status()
+            .context("restarting with RAYON_NUM_THREADS set")?;
+        if !status.success() {
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        return Ok(());
+    }
+    let r = mura_train::bench::bench_model(&mura_train::bench::ModelBench {
+        arch,
+        mode: match a.mode {
+            ModeArg::Infer => mura_train::bench::BenchMode::Infer,
+            ModeArg::Train => mura_train::bench::BenchMode::Train,
+        },
+        batch: a.batch,
+        image_size: a.image_size,
+        iters: a.iters,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} {} {} b{} @{}: {:.2} img/s ({:.2} s/step), peak RSS {}",
+            r.implementation,
+            r.arch,
+            r.mode.as_str(),
+            r.batch,
+            r.image_size,
+            r.images_per_sec,
+            r.seconds_per_step,
+            r.peak_rss_mb
+                .map_or("unknown".into(), |m| format!("{m:.0} MB"))
+        );
+    }
+    Ok(())
 }
 
 fn cmd_bench_pipeline(a: &BenchPipelineArgs) -> Result<()> {

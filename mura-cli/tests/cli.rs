@@ -303,6 +303,34 @@ fn bench_pipeline_reports_json_and_preview_writes_a_png() {
     );
 }
 
+#[test]
+fn bench_model_reports_the_peers_json_fields() {
+    let o = mura(&[
+        "bench",
+        "model",
+        "custom-cnn",
+        "--mode",
+        "train",
+        "--batch",
+        "2",
+        "--image-size",
+        "64",
+        "--iters",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(json["images_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(json["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["threads"], 1);
+    assert_eq!(json["mode"], "train");
+    assert_eq!(json["batch"], 2);
+    fails_with(&["bench", "model", "lenet"], "lenet");
+}
+
 mod model {
     use super::*;
     use candle_core::{DType, Device, Tensor};

@@ -265,10 +265,12 @@ pub struct FitSummary {
 }
 
 /// Creates a new run directory for `config` under `out` and returns it; the directory must not
-/// already hold a run. The resolved config is written first, which also proves the folder writable.
+/// already hold a run that started training (one that failed before its first checkpoint, e.g.
+/// on a wrong data root, is started afresh). The resolved config is written first, which also
+/// proves the folder writable.
 pub fn create_run_dir(config: &RunConfig, out: &Path) -> Result<PathBuf, TrainError> {
     let dir = out.join(config.run_name());
-    if dir.join(files::LAST).exists() || dir.join(files::CONFIG).exists() {
+    if dir.join(files::LAST).exists() {
         return Err(TrainError::RunExists { path: dir });
     }
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::Unwritable {

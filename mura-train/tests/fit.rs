@@ -278,10 +278,18 @@ fn an_existing_run_is_not_overwritten() {
     let c = config("twice", 1);
     let out = tempfile::tempdir().unwrap();
     let dir = create_run_dir(&c, out.path()).unwrap();
+    // A run that never reached its first checkpoint (a wrong data root) can be started again.
+    let mut wrong = c.clone();
+    wrong.data.root = Some(out.path().join("no-such-root"));
+    let wrong_dir = create_run_dir(&wrong, out.path()).unwrap();
+    assert!(fit(&wrong, &wrong_dir, &FitOptions::default(), &mut Silent).is_err());
+    assert_eq!(create_run_dir(&c, out.path()).unwrap(), dir);
+    fit(&c, &dir, &FitOptions::default(), &mut Silent).unwrap();
     let before = std::fs::read(dir.join(files::CONFIG)).unwrap();
     let err = create_run_dir(&c, out.path()).unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
     assert_eq!(std::fs::read(dir.join(files::CONFIG)).unwrap(), before);
+    assert!(dir.join(files::BEST).is_file());
 }
 
 #[test]
