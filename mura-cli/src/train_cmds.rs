@@ -51,7 +51,8 @@ pub struct TrainArgs {
     /// The run's name (its folder under --out).
     #[arg(long)]
     pub name: Option<String>,
-    /// Weights to start from (a .safetensors file with timm names).
+    /// Weights to start from: a .safetensors file with timm names, or a tag fetched with
+    /// `cargo xtask fetch-weights` (`densenet169.tv_in1k`), read from the local hub cache.
     #[arg(long)]
     pub pretrained: Option<PathBuf>,
     /// `cpu` or `cuda:N` (needs a build with `--features cuda`).

@@ -304,6 +304,45 @@ fn bench_pipeline_reports_json_and_preview_writes_a_png() {
 }
 
 #[test]
+fn a_pretrained_tag_not_in_the_cache_names_the_fetch_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = synth(dir.path(), 20);
+    let o = Command::new(env!("CARGO_BIN_EXE_mura"))
+        .args([
+            "train",
+            "--data",
+            root.to_str().unwrap(),
+            "--model",
+            "densenet201",
+            "--pretrained",
+            "densenet201.tv_in1k",
+            "--out",
+            dir.path().join("runs").to_str().unwrap(),
+        ])
+        .env("HF_HOME", dir.path().join("hf"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cargo xtask fetch-weights densenet201.tv_in1k"),
+        "{err}"
+    );
+    fails_with(
+        &[
+            "train",
+            "--data",
+            root.to_str().unwrap(),
+            "--pretrained",
+            "no-such.safetensors",
+            "--out",
+            dir.path().join("runs2").to_str().unwrap(),
+        ],
+        "not a known tag",
+    );
+}
+
+#[test]
 fn bench_model_reports_the_peers_json_fields() {
     let o = mura(&[
         "bench",

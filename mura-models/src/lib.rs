@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod cnn;
 pub mod densenet;
 pub mod head;
+pub mod hub;
 pub mod inception;
 pub mod init;
 pub mod layers;
@@ -48,6 +49,18 @@ pub enum ModelError {
         arch: String,
         problems: Vec<Mismatch>,
     },
+    #[error("unknown pretrained weights `{tag}` (known: {known})")]
+    UnknownWeights { tag: String, known: String },
+    #[error(
+        "pretrained weights `{tag}` are not in the local hub cache {cache}; fetch them with `{command}`"
+    )]
+    WeightsNotCached {
+        tag: String,
+        cache: String,
+        command: String,
+    },
+    #[error("{0}")]
+    DigestMismatch(Box<hub::DigestMismatch>),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

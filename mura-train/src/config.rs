@@ -130,7 +130,8 @@ pub enum ClassWeighting {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainedConfig {
-    /// A `.safetensors` file with the architecture's timm names.
+    /// A `.safetensors` file with the architecture's timm names, or a tag of the weights registry
+    /// (`densenet169.tv_in1k`), read from the local hub cache (`cargo xtask fetch-weights`).
     pub weights: PathBuf,
     /// Leave the classifier at its initialisation when its size differs (ImageNet's 1000 classes).
     #[serde(default = "yes")]

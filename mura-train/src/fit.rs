@@ -21,6 +21,7 @@ use mura_data::{
     BodyPart, ClassWeights, ImageRecord, IndexOptions, Loader, LoaderConfig, Manifest, SplitConfig,
 };
 use mura_models::checkpoint::{self, LoadOptions};
+use mura_models::hub;
 use mura_models::{Model, Trainable};
 use serde::Serialize;
 
@@ -286,8 +287,36 @@ pub fn create_run_dir(config: &RunConfig, out: &Path) -> Result<PathBuf, TrainEr
             *p = abs;
         }
     }
+    // A weights file (not a registry tag) is kept as an absolute path too.
+    if let Some(p) = &mut resolved.pretrained
+        && p.weights.exists()
+        && let Ok(abs) = std::path::absolute(&p.weights)
+    {
+        p.weights = abs;
+    }
     state::write_durable(&dir.join(files::CONFIG), resolved.to_toml()?.as_bytes())?;
     Ok(dir)
+}
+
+/// The file behind `pretrained.weights`: a path to a `.safetensors` file, or a tag of the weights
+/// registry (`densenet169.tv_in1k`) read from the local hub cache, digest-checked; an absent tag
+/// names the `cargo xtask fetch-weights` command to run.
+pub fn pretrained_file(weights: &Path) -> Result<PathBuf, TrainError> {
+    if weights.exists() {
+        return Ok(weights.to_path_buf());
+    }
+    let registry = hub::Registry::builtin()?;
+    let tag = weights.to_string_lossy();
+    if registry.get(&tag).is_ok() {
+        return Ok(hub::Hub::from_env().resolve(&registry, &tag)?);
+    }
+    Err(TrainError::Config {
+        path: weights.to_path_buf(),
+        reason: format!(
+            "pretrained weights: no such file, and not a known tag ({})",
+            registry.tags().join(", ")
+        ),
+    })
 }
 
 /// The freezing of `stage` of a run.
@@ -472,10 +501,11 @@ pub fn fit(
         ));
     } else {
         if let Some(p) = &config.pretrained {
+            let file = pretrained_file(&p.weights)?;
             let report = checkpoint::load(
                 &s.model,
                 &s.varmap,
-                &p.weights,
+                &file,
                 LoadOptions {
                     skip_classifier: p.skip_classifier,
                     fold_first_conv: p.fold_first_conv,
@@ -485,7 +515,7 @@ pub fn fit(
             observer.message(&format!(
                 "loaded {} tensors from {}",
                 report.loaded,
-                p.weights.display()
+                file.display()
             ));
         }
         s.save_last(dir)?;
