@@ -295,7 +295,7 @@ impl RunConfig {
                     })
                     .unwrap_or_default(),
         })?;
-        config.check()?;
+        config.check_settings()?;
         Ok(config)
     }
 
@@ -314,20 +314,32 @@ impl RunConfig {
             .unwrap_or_else(|| format!("{}-s{}", self.model.arch, self.seed))
     }
 
-    /// Checks every setting that can be checked without the data or the model.
+    /// Checks every setting that can be checked without the data or the model, and that the data
+    /// source is given.
     pub fn check(&self) -> Result<(), TrainError> {
+        let bad = |reason: &str| {
+            Err(TrainError::Config {
+                path: PathBuf::new(),
+                reason: reason.into(),
+            })
+        };
+        if self.data.root.is_none() && self.data.manifest.is_none() {
+            return bad("data: give `root` (a MURA folder, or `--data`) or `manifest` and `root`");
+        }
+        if self.data.manifest.is_some() && self.data.root.is_none() {
+            return bad("data: a manifest's paths are relative to `root`; give `root` too");
+        }
+        self.check_settings()
+    }
+
+    /// [`RunConfig::check`] without the data source, which a shared config may leave to `--data`.
+    pub fn check_settings(&self) -> Result<(), TrainError> {
         let bad = |reason: String| {
             Err(TrainError::Config {
                 path: PathBuf::new(),
                 reason,
             })
         };
-        if self.data.root.is_none() && self.data.manifest.is_none() {
-            return bad("data: give `root` (a MURA folder) or `manifest` and `root`".into());
-        }
-        if self.data.manifest.is_some() && self.data.root.is_none() {
-            return bad("data: a manifest's paths are relative to `root`; give `root` too".into());
-        }
         if !(self.data.val_fraction > 0.0 && self.data.val_fraction < 1.0) {
             return bad(format!(
                 "data.val_fraction must be in (0, 1), got {}",

@@ -228,3 +228,31 @@ pub fn list(registry: &Registry, hub: &Hub) -> Vec<String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_named_as_such() {
+        let f = Fetcher {
+            endpoint: "http://127.0.0.1:9".into(),
+            hub: Hub::new("/cache/hub".into()),
+            progress: false,
+        };
+        let r = Registry::builtin().unwrap();
+        let e = r.get("resnet50.tv_in1k").unwrap();
+        let err = f.describe(
+            e,
+            &e.file,
+            ApiError::IoError(std::io::Error::from_raw_os_error(28)),
+        );
+        assert!(matches!(err, FetchError::DiskFull { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("no space left") && msg.contains("/cache/hub"),
+            "{msg}"
+        );
+    }
+}
