@@ -13,7 +13,7 @@ use hf_hub::{Cache, Repo, RepoType};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{LoadOptions, check, read_header};
+use crate::checkpoint::{LoadOptions, check};
 use crate::{Arch, Model, ModelConfig, ModelError};
 
 /// The registry shipped with the crate.
@@ -289,7 +289,11 @@ pub fn sha256_file(path: &Path) -> Result<String, ModelError> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Checks that `path` is a whole, valid safetensors file whose every tensor name, shape and dtype
@@ -311,7 +315,6 @@ pub fn verify(e: &WeightsEntry, path: &Path) -> Result<Verified, ModelError> {
         &config,
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
     )?;
-    read_header(path)?;
     let problems = check(&model, &varmap, path, LoadOptions::default())?;
     if !problems.is_empty() {
         return Err(ModelError::Checkpoint {
@@ -323,7 +326,7 @@ pub fn verify(e: &WeightsEntry, path: &Path) -> Result<Verified, ModelError> {
     let mut h = Sha256::new();
     h.update(&bytes);
     Ok(Verified {
-        sha256: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: hex(&h.finalize()),
         bytes: bytes.len() as u64,
         tensors,
     })
