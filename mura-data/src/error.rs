@@ -79,7 +79,7 @@ pub enum DataError {
     StrictSkip { path: PathBuf, reason: SkipReason },
     #[error("{path}: cannot decode image: {message}")]
     Decode { path: PathBuf, message: String },
-    #[error("{path}: cannot write: {source}")]
+    #[error("{path}: cannot write: {source}{}", crate::write_hint(source))]
     Write {
         path: PathBuf,
         #[source]

@@ -168,13 +168,13 @@ pub fn index(root: &Path, options: &IndexOptions) -> Result<Indexed, DataError> 
         let (images, skipped) = walk(&base, &dir)?;
         (images, skipped, IndexSource::Walk)
     };
-    if options.strict {
-        if let Some(s) = skipped.first() {
-            return Err(DataError::StrictSkip {
-                path: s.path.clone(),
-                reason: s.reason,
-            });
-        }
+    if options.strict
+        && let Some(s) = skipped.first()
+    {
+        return Err(DataError::StrictSkip {
+            path: s.path.clone(),
+            reason: s.reason,
+        });
     }
     images.sort_by(|a, b| {
         (a.split, a.body_part, a.patient, a.study, a.view, &a.path).cmp(&(

@@ -29,6 +29,16 @@ pub use weights::{ClassWeights, balanced as balanced_weights, paper as paper_wei
 use std::io::Write;
 use std::path::Path;
 
+/// A testing aid for crash tests: with this variable set to N, [`write_atomic`] writes the first
+/// half of each file, flushes it, and waits N milliseconds before the rest, so that a test can
+/// kill the process in the middle of a write. Unset in normal use.
+pub const WRITE_PAUSE_ENV: &str = "MURA_DEBUG_WRITE_PAUSE_MS";
+
+fn write_pause() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var(WRITE_PAUSE_ENV).ok()?.trim().parse().ok()?;
+    (ms > 0).then(|| std::time::Duration::from_millis(ms))
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder, flushed and renamed, so a
 /// crash leaves either the old file or the new one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
@@ -47,7 +57,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        match write_pause() {
+            Some(pause) => {
+                let (head, tail) = bytes.split_at(bytes.len() / 2);
+                f.write_all(head)?;
+                f.sync_data()?;
+                std::thread::sleep(pause);
+                f.write_all(tail)?;
+            }
+            None => f.write_all(bytes)?,
+        }
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         // Persist the rename too; not every platform lets a folder be synced.
@@ -61,6 +80,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
         return Err(err(e));
     }
     Ok(())
+}
+
+/// What a failed [`write_atomic`] means for the user's files, for the errors that are about space:
+/// the previous file was never touched.
+pub fn write_hint(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::StorageFull => "; the disk is full, and the previous file is kept",
+        ErrorKind::QuotaExceeded => "; the disk quota is used up, and the previous file is kept",
+        ErrorKind::FileTooLarge => {
+            "; the file size limit (ulimit -f) was reached, and the previous file is kept"
+        }
+        _ => "",
+    }
 }
 
 /// Writes an 8-bit gray image as PNG, atomically (see [`write_atomic`]).

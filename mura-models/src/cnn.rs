@@ -173,7 +173,7 @@ impl CnnConfig {
                 "channels, blocks, convs per block and filters must be positive".into(),
             ));
         }
-        if self.kernel % 2 == 0 || self.kernel == 0 {
+        if self.kernel.is_multiple_of(2) || self.kernel == 0 {
             return Err(Self::bad(format!(
                 "kernel {} must be odd (same padding)",
                 self.kernel

@@ -206,6 +206,13 @@ pub struct TrainConfig {
     /// features once and train the head on them (see `cache.rs`).
     #[serde(default = "yes")]
     pub feature_cache: bool,
+    /// Save `last.safetensors` inside an epoch at least this often (minutes of training), so a
+    /// killed run loses little; 0 saves only at epoch ends.
+    #[serde(default = "ten")]
+    pub checkpoint_minutes: f64,
+    /// Also save it every this many steps inside an epoch.
+    #[serde(default)]
+    pub checkpoint_steps: Option<u64>,
 }
 
 /// Early stopping and whether the best weights are restored at the end.
@@ -230,6 +237,10 @@ impl EarlyStoppingSettings {
             min_delta: self.min_delta,
         }
     }
+}
+
+fn ten() -> f64 {
+    10.0
 }
 
 fn hundred() -> u32 {
@@ -263,6 +274,8 @@ impl Default for TrainConfig {
             schedule: None,
             fine_tune: None,
             feature_cache: yes(),
+            checkpoint_minutes: ten(),
+            checkpoint_steps: None,
         }
     }
 }
@@ -368,6 +381,15 @@ impl RunConfig {
         }
         if !(t.l2.is_finite() && t.l2 >= 0.0) {
             return bad(format!("train.l2 must be finite and ≥ 0, got {}", t.l2));
+        }
+        if !(t.checkpoint_minutes.is_finite() && t.checkpoint_minutes >= 0.0) {
+            return bad(format!(
+                "train.checkpoint_minutes must be finite and ≥ 0, got {}",
+                t.checkpoint_minutes
+            ));
+        }
+        if t.checkpoint_steps == Some(0) {
+            return bad("train.checkpoint_steps must be at least 1".into());
         }
         if t.plateau.is_some() && t.schedule.is_some() {
             return bad(

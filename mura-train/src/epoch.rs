@@ -145,6 +145,11 @@ impl Iterator for Batches {
             let Some(ex) = self.examples.get(sample.index) else {
                 continue;
             };
+            if sample.value.iter().any(|v| !v.is_finite()) {
+                return Some(Err(TrainError::NonFiniteInput {
+                    path: ex.path.clone(),
+                }));
+            }
             pixels.extend_from_slice(&sample.value);
             ys.push(if ex.label { 1f32 } else { 0f32 });
             ws.push(ex.weight);
@@ -219,13 +224,25 @@ pub enum EpochEnd {
     Interrupted,
 }
 
+/// The sum of every element of `t` in f32: finite exactly when every element is (barring an
+/// overflow of the sum itself, which a batch of normalised pixels or a gradient cannot reach
+/// without being broken anyway).
+pub(crate) fn finite_sum(t: &Tensor) -> Result<f64, TrainError> {
+    Ok(f64::from(
+        t.to_dtype(candle_core::DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()?,
+    ))
+}
+
 /// The dropout seed of `step` of `epoch` in a run seeded with `seed`.
 pub fn step_seed(seed: u64, epoch: u64, step: u64) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (epoch << 32) ^ step
 }
 
 /// Trains `model` for one epoch: forward in train mode, weighted BCE on logits, backward, optimiser
-/// step. A non-finite loss stops with [`TrainError::NonFinite`] before the step is applied.
+/// step. A non-finite input, loss or gradient stops with [`TrainError::NonFinite`] before the step
+/// is applied.
 pub fn train_epoch(
     model: &Model,
     optim: &mut Optim,
@@ -263,13 +280,32 @@ pub fn train_epoch_with(
         let b = batch?;
         let step = progress.steps;
         model.set_seed(step_seed(seed, epoch, step));
+        let non_finite = |what: String, value: f64| TrainError::NonFinite {
+            what,
+            epoch: epoch + 1,
+            batch: step + 1,
+            value,
+        };
+        let input = finite_sum(&b.x)?;
+        if !input.is_finite() {
+            let what = if b.features {
+                "the cached backbone features of a batch"
+            } else {
+                "the input batch"
+            };
+            return Err(non_finite(what.into(), input));
+        }
         let logits = b.logits(model, true)?;
         let loss = optim.regularize(bce_with_logits(&logits, &b.y, Some(&b.w))?)?;
         let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
         if !value.is_finite() {
-            return Err(TrainError::NonFinite { epoch, step, value });
+            return Err(non_finite("the loss".into(), value));
         }
-        optim.step(&loss.backward()?)?;
+        let grads = loss.backward()?;
+        if let Some((name, value)) = optim.non_finite_gradient(&grads)? {
+            return Err(non_finite(format!("the gradient of {name}"), value));
+        }
+        optim.step(&grads)?;
         let p: Vec<f32> = candle_nn::ops::sigmoid(&logits.narrow(1, 0, 1)?.detach())?
             .flatten_all()?
             .to_vec1()?;

@@ -32,6 +32,7 @@ use crate::epoch::{
     Batch, EpochEnd, EpochProgress, Example, batches, batches_from, train_epoch_with,
 };
 use crate::history::{self, HistoryRow};
+use crate::lock::RunLock;
 use crate::optim::{Optim, OptimizerConfig};
 use crate::policy::{EarlyStopping, Monitor, Plateau, StopDecision};
 use crate::state::{self, OPTIM_PREFIX, TrainState};
@@ -278,6 +279,11 @@ pub fn create_run_dir(config: &RunConfig, out: &Path) -> Result<PathBuf, TrainEr
         path: dir.clone(),
         reason: e.to_string(),
     })?;
+    // Checked again under the lock: another process may have started this run meanwhile.
+    let _lock = RunLock::acquire(&dir)?;
+    if dir.join(files::LAST).exists() {
+        return Err(TrainError::RunExists { path: dir });
+    }
     let mut resolved = config.clone();
     for p in [&mut resolved.data.root, &mut resolved.data.manifest]
         .into_iter()
@@ -375,6 +381,38 @@ fn scores(examples: &[Example], predictions: &[(usize, f64)]) -> Result<Scores, 
     ))
 }
 
+/// When to save `last.safetensors` inside an epoch: every `train.checkpoint_steps` steps and
+/// every `train.checkpoint_minutes` minutes.
+struct CheckpointClock {
+    steps: Option<u64>,
+    every: Option<std::time::Duration>,
+    last_step: u64,
+    last_time: Instant,
+}
+
+impl CheckpointClock {
+    fn new(t: &crate::config::TrainConfig, step: u64) -> Self {
+        CheckpointClock {
+            steps: t.checkpoint_steps,
+            every: (t.checkpoint_minutes > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(t.checkpoint_minutes * 60.0)),
+            last_step: step,
+            last_time: Instant::now(),
+        }
+    }
+
+    fn due(&self, step: u64) -> bool {
+        self.steps
+            .is_some_and(|n| step.saturating_sub(self.last_step) >= n)
+            || self.every.is_some_and(|d| self.last_time.elapsed() >= d)
+    }
+
+    fn saved(&mut self, step: u64) {
+        self.last_step = step;
+        self.last_time = Instant::now();
+    }
+}
+
 /// The live parts of a run.
 struct Session {
     model: Model,
@@ -417,6 +455,8 @@ pub fn fit(
     let started = Instant::now();
     config.check()?;
     let dev = device(&config.device)?;
+    let _lock = RunLock::acquire(dir)?;
+    remove_stale_temporaries(dir);
     let last_path = dir.join(files::LAST);
     let resuming = last_path.exists();
 
@@ -541,6 +581,7 @@ pub fn fit(
         Ok(Loader::new(files, loader(config, true))?.order(u64::from(epoch)))
     };
 
+    let mut checkpoint_clock = CheckpointClock::new(t, s.state.global_step);
     let mut end = None;
     // (train, val) features of the frozen backbone; `None` inside once found too large.
     let mut cache: Option<Option<(FeatureCache, FeatureCache)>> = None;
@@ -606,22 +647,40 @@ pub fn fit(
                 total_steps,
                 step: s.state.global_step,
             }));
+        let mut train_batches = train_batches;
         let mut global = s.state.global_step;
-        let ended = train_epoch_with(
-            &s.model,
-            &mut s.optim,
-            train_batches,
-            config.seed,
-            u64::from(epoch),
-            &mut progress,
-            &mut |p: &EpochProgress| {
-                global += 1;
-                observer.batch(p);
-                stop_flag.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
-                    || options.stop_after_steps.is_some_and(|n| global >= n)
-            },
-        )?;
-        s.state.global_step = global;
+        let ended = loop {
+            let mut due = false;
+            let ended = train_epoch_with(
+                &s.model,
+                &mut s.optim,
+                &mut train_batches,
+                config.seed,
+                u64::from(epoch),
+                &mut progress,
+                &mut |p: &EpochProgress| {
+                    global += 1;
+                    observer.batch(p);
+                    if stop_flag.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
+                        || options.stop_after_steps.is_some_and(|n| global >= n)
+                    {
+                        return true;
+                    }
+                    due = checkpoint_clock.due(global);
+                    due
+                },
+            )?;
+            s.state.global_step = global;
+            if ended == EpochEnd::Interrupted && due {
+                // A checkpoint inside the epoch; training goes on from the same batch stream.
+                s.state.partial = Some(progress.clone());
+                s.save_last(dir)?;
+                s.state.partial = None;
+                checkpoint_clock.saved(global);
+                continue;
+            }
+            break ended;
+        };
         let session_train_seconds = progress.seconds - before;
         if ended == EpochEnd::Interrupted {
             let step = progress.steps;
@@ -701,6 +760,7 @@ pub fn fit(
         }
         s.state.finished = stop_reason.clone();
         s.save_last(dir)?;
+        checkpoint_clock.saved(s.state.global_step);
         history::write(&dir.join(files::HISTORY), &s.state.history)?;
         crate::plot::write_curves(&dir.join(files::CURVES), &s.state.history)?;
         observer.epoch_end(&row, better);
@@ -728,6 +788,25 @@ pub fn fit(
         state::write_durable(&dir.join(files::METRICS), json.as_bytes())?;
     }
     Ok(out)
+}
+
+/// Removes the temporary files (`.<name>.tmp<pid>`) a killed process left half-written in the
+/// run directory; under the run's lock no other process can be writing them.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let stale = name.starts_with('.')
+            && name
+                .rsplit_once(".tmp")
+                .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if stale {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The frozen backbone's features of the training and validation images, or `None` when they
@@ -777,5 +856,35 @@ fn summary(config: &RunConfig, dir: &Path, s: &Session, end: FitEnd, t: Instant)
         monitor: config.train.monitor,
         history: s.state.history.clone(),
         seconds: t.elapsed().as_secs_f64(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_fall_due_by_steps_and_by_time() {
+        let mut t = crate::config::TrainConfig {
+            checkpoint_minutes: 0.0,
+            checkpoint_steps: Some(3),
+            ..crate::config::TrainConfig::default()
+        };
+        let mut clock = CheckpointClock::new(&t, 10);
+        assert!(!clock.due(12));
+        assert!(clock.due(13));
+        clock.saved(13);
+        assert!(!clock.due(15) && clock.due(16));
+        t.checkpoint_steps = None;
+        assert!(
+            !CheckpointClock::new(&t, 0).due(1_000_000),
+            "0 minutes: never"
+        );
+        t.checkpoint_minutes = 1e-6; // 60 µs
+        let clock = CheckpointClock::new(&t, 0);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(clock.due(1));
+        t.checkpoint_minutes = 10.0;
+        assert!(!CheckpointClock::new(&t, 0).due(1));
     }
 }

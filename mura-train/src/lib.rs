@@ -7,6 +7,7 @@ pub mod epoch;
 pub mod evaluate;
 pub mod fit;
 pub mod history;
+pub mod lock;
 pub mod loss;
 pub mod optim;
 pub mod plot;
@@ -35,6 +36,11 @@ pub use schedule::Schedule;
 /// The one error type of `mura-train`.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    #[error(
+        "{}: its preprocessed pixels hold NaN or infinity (check the normalisation and augmentation settings)",
+        path.display()
+    )]
+    NonFiniteInput { path: std::path::PathBuf },
     #[error("{what} must be {expected}, got {value}")]
     BadParameter {
         what: &'static str,
@@ -43,10 +49,16 @@ pub enum TrainError {
     },
     #[error("optimiser state does not fit: {reason}")]
     BadOptimizerState { reason: String },
+    /// `epoch` and `batch` count from 1, as the progress output does.
     #[error(
-        "the loss became {value} at epoch {epoch}, step {step}; the last good checkpoint is kept"
+        "{what} became {value} at epoch {epoch}, batch {batch}: training stopped before applying it, and the last good checkpoint is kept"
     )]
-    NonFinite { epoch: u64, step: u64, value: f64 },
+    NonFinite {
+        what: String,
+        epoch: u64,
+        batch: u64,
+        value: f64,
+    },
     #[error("{}: {reason}", path.display())]
     Config {
         path: std::path::PathBuf,
@@ -60,6 +72,14 @@ pub enum TrainError {
         path.display()
     )]
     RunExists { path: std::path::PathBuf },
+    #[error(
+        "{} is in use by {holder} (another `mura train`?); wait for it to end or stop it",
+        path.display()
+    )]
+    RunLocked {
+        path: std::path::PathBuf,
+        holder: String,
+    },
     #[error("cannot write {}: {reason}", path.display())]
     Unwritable {
         path: std::path::PathBuf,

@@ -232,6 +232,32 @@ impl Optim {
         self.schedule = schedule;
     }
 
+    /// The first optimised variable whose gradient holds NaN or infinity, with the sum of that
+    /// gradient (NaN or ±inf); `None` when all are finite. One reduction per variable and a
+    /// single read-back.
+    pub fn non_finite_gradient(
+        &self,
+        grads: &GradStore,
+    ) -> Result<Option<(String, f64)>, TrainError> {
+        let mut names = Vec::new();
+        let mut sums = Vec::new();
+        for (name, var) in &self.vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                names.push(name);
+                sums.push(g.to_dtype(DType::F32)?.sum_all()?);
+            }
+        }
+        if sums.is_empty() {
+            return Ok(None);
+        }
+        let sums: Vec<f32> = Tensor::stack(&sums, 0)?.to_vec1()?;
+        Ok(names
+            .into_iter()
+            .zip(sums)
+            .find(|(_, s)| !s.is_finite())
+            .map(|(n, s)| (n.clone(), f64::from(s))))
+    }
+
     /// Applies one update from `grads`; variables without a gradient are left alone (their state
     /// does not advance), as in PyTorch.
     pub fn step(&mut self, grads: &GradStore) -> Result<(), TrainError> {
@@ -486,5 +512,36 @@ mod tests {
         assert!((got - 0.8).abs() < 1e-6, "{got}");
         let bad = Optim::new(OptimizerConfig::adam(1e-3), vars).unwrap();
         assert!(bad.with_l2(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn a_non_finite_gradient_is_found_and_named() {
+        let dev = Device::Cpu;
+        let a = Var::from_vec(vec![1f32, 2.], 2, &dev).unwrap();
+        let b = Var::from_vec(vec![3f32, 4.], 2, &dev).unwrap();
+        let vars = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
+        let optim = Optim::new(OptimizerConfig::adam(1e-3), vars).unwrap();
+        let grads_of = |x: &[f32]| {
+            let x = Tensor::new(x, &dev).unwrap();
+            let loss = ((a.as_tensor() * &x).unwrap().sum_all().unwrap()
+                + b.as_tensor().sum_all().unwrap())
+            .unwrap();
+            loss.backward().unwrap()
+        };
+        assert_eq!(
+            optim.non_finite_gradient(&grads_of(&[1., 2.])).unwrap(),
+            None
+        );
+        let (name, value) = optim
+            .non_finite_gradient(&grads_of(&[1., f32::NAN]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(name, "a");
+        assert!(value.is_nan());
+        let (name, value) = optim
+            .non_finite_gradient(&grads_of(&[f32::INFINITY, 0.]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((name.as_str(), value), ("a", f64::INFINITY));
     }
 }

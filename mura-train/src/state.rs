@@ -108,7 +108,9 @@ fn unreadable(path: &Path, reason: impl ToString) -> TrainError {
 /// Writes `bytes` to `path` atomically and durably ([`mura_data::write_atomic`]).
 pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     mura_data::write_atomic(path, bytes).map_err(|e| match e {
-        mura_data::DataError::Write { source, .. } => unwritable(path, source),
+        mura_data::DataError::Write { source, .. } => {
+            unwritable(path, format!("{source}{}", mura_data::write_hint(&source)))
+        }
         other => unwritable(path, other),
     })
 }

@@ -251,7 +251,8 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
     let err = fit(&c, &dir, &FitOptions::default(), &mut Silent).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, TrainError::NonFinite { .. }), "{msg}");
-    assert!(msg.contains("epoch 0") && msg.contains("step"), "{msg}");
+    assert!(msg.contains("the loss became"), "{msg}");
+    assert!(msg.contains("epoch 1, batch"), "{msg}");
     // The last checkpoint on disk is the last good one: it loads and every value is finite.
     for (name, values) in tensors(&dir.join(files::LAST)) {
         if name.starts_with("optim.") {
@@ -331,6 +332,29 @@ fn run_configs_refuse_unknown_keys_and_bad_values_naming_them() {
     let zero = good.replace("epochs = 2", "epochs = 0");
     let err = RunConfig::parse(&zero).unwrap_err().to_string();
     assert!(err.contains("train.epochs"), "{err}");
+    for (from, to, named) in [
+        (
+            "checkpoint_minutes = 10.0",
+            "checkpoint_minutes = -1.0",
+            "checkpoint_minutes",
+        ),
+        (
+            "checkpoint_minutes = 10.0",
+            "checkpoint_minutes = nan",
+            "checkpoint_minutes",
+        ),
+        (
+            "[train]",
+            "[train]\ncheckpoint_steps = 0",
+            "checkpoint_steps",
+        ),
+    ] {
+        assert!(good.contains(from), "{good}");
+        let err = RunConfig::parse(&good.replace(from, to))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(named), "{to}: {err}");
+    }
     assert!(good.contains("body_parts = []"), "{good}");
     let part = good.replace("body_parts = []", "body_parts = [\"knee\"]");
     let err = RunConfig::parse(&part).unwrap_err().to_string();

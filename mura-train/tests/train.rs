@@ -478,8 +478,8 @@ mod epochs {
             matches!(
                 err,
                 TrainError::NonFinite {
-                    epoch: 0,
-                    step: 0,
+                    epoch: 1,
+                    batch: 1,
                     ..
                 }
             ),
