@@ -62,6 +62,14 @@ pub enum DataError {
         line: u64,
         entry: String,
     },
+    #[error(
+        "{path}: a link to {target}, outside the data set folder {root}; refusing to read it (copy the file into the tree instead)"
+    )]
+    LinkEscapes {
+        path: PathBuf,
+        target: PathBuf,
+        root: PathBuf,
+    },
     #[error("{path}:{line}: listed image {image} does not exist")]
     MissingImage {
         path: PathBuf,

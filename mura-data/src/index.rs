@@ -139,6 +139,7 @@ pub fn locate(root: &Path) -> Result<(PathBuf, String), DataError> {
 pub fn index(root: &Path, options: &IndexOptions) -> Result<Indexed, DataError> {
     let (base, dir) = locate(root)?;
     let data_dir = base.join(&dir);
+    let inside = Inside::new(&data_dir)?;
     let present: Vec<PathBuf> = CSVS
         .iter()
         .flat_map(|(_, i, l)| [data_dir.join(i), data_dir.join(l)])
@@ -159,13 +160,14 @@ pub fn index(root: &Path, options: &IndexOptions) -> Result<Indexed, DataError> 
                 &data_dir.join(image_csv),
                 &data_dir.join(label_csv),
                 options,
+                &inside,
                 &mut images,
                 &mut skipped,
             )?;
         }
         (images, skipped, IndexSource::Csv)
     } else {
-        let (images, skipped) = walk(&base, &dir)?;
+        let (images, skipped) = walk(&base, &dir, &inside)?;
         (images, skipped, IndexSource::Walk)
     };
     if options.strict
@@ -330,12 +332,86 @@ fn record(study: &StudyPath, view: u32, label: bool, path: String) -> ImageRecor
     }
 }
 
-fn csv_reader(path: &Path) -> Result<csv::Reader<fs::File>, DataError> {
+/// The longest CSV line accepted (a MURA path is under 100 bytes): a longer one is refused with
+/// its line number instead of being buffered whole.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// The error a [`LineLimited`] reader stops with.
+#[derive(Debug)]
+pub(crate) struct LineTooLong {
+    pub line: u64,
+}
+
+impl fmt::Display for LineTooLong {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "line longer than {MAX_LINE_BYTES} bytes; not a line of a MURA CSV"
+        )
+    }
+}
+
+impl std::error::Error for LineTooLong {}
+
+/// A reader that fails with [`LineTooLong`] as soon as a line passes [`MAX_LINE_BYTES`], so that
+/// the CSV parser's buffers stay bounded whatever the file holds.
+pub(crate) struct LineLimited<R> {
+    inner: R,
+    line: u64,
+    run: usize,
+}
+
+impl<R> LineLimited<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        LineLimited {
+            inner,
+            line: 1,
+            run: 0,
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for LineLimited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                self.line += 1;
+                self.run = 0;
+            } else {
+                self.run += 1;
+                if self.run > MAX_LINE_BYTES {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        LineTooLong { line: self.line },
+                    ));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The line and message of a CSV error, reading through a [`LineLimited`] reader's own error.
+pub(crate) fn csv_problem(e: &csv::Error) -> (u64, String) {
+    if let csv::ErrorKind::Io(io) = e.kind()
+        && let Some(long) = io.get_ref().and_then(|i| i.downcast_ref::<LineTooLong>())
+    {
+        return (long.line, long.to_string());
+    }
+    let line = e.position().map_or(0, |p| p.line());
+    match e.kind() {
+        csv::ErrorKind::Io(_) => (line, format!("read error: {e}")),
+        _ => (line, e.to_string()),
+    }
+}
+
+fn csv_reader(path: &Path) -> Result<csv::Reader<LineLimited<fs::File>>, DataError> {
     let file = fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     Ok(csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(file))
+        .from_reader(LineLimited::new(file)))
 }
 
 /// Reads CSV records, turning the csv crate's errors into ours with file and line.
@@ -345,18 +421,14 @@ fn records(
     let owned = path.to_path_buf();
     Ok(csv_reader(path)?.into_records().map(move |r| match r {
         Ok(rec) => Ok((rec.position().map_or(0, |p| p.line()), rec)),
-        Err(e) => Err(match e.kind() {
-            csv::ErrorKind::Io(_) => DataError::Malformed {
+        Err(e) => {
+            let (line, reason) = csv_problem(&e);
+            Err(DataError::Malformed {
                 path: owned.clone(),
-                line: e.position().map_or(0, |p| p.line()),
-                reason: format!("read error: {e}"),
-            },
-            _ => DataError::Malformed {
-                path: owned.clone(),
-                line: e.position().map_or(0, |p| p.line()),
-                reason: e.to_string(),
-            },
-        }),
+                line,
+                reason,
+            })
+        }
     }))
 }
 
@@ -368,6 +440,7 @@ fn read_split_csvs(
     image_csv: &Path,
     label_csv: &Path,
     options: &IndexOptions,
+    inside: &Inside,
     images: &mut Vec<ImageRecord>,
     skipped: &mut Vec<Skipped>,
 ) -> Result<(), DataError> {
@@ -471,30 +544,67 @@ fn read_split_csvs(
             });
         }
         seen.insert(entry.to_string(), line);
-        if options.check_files && !base.join(entry).is_file() {
-            return Err(DataError::MissingImage {
-                path: image_csv.to_path_buf(),
-                line,
-                image: base.join(entry),
-            });
+        if options.check_files {
+            let image = base.join(entry);
+            if !image.is_file() {
+                return Err(DataError::MissingImage {
+                    path: image_csv.to_path_buf(),
+                    line,
+                    image,
+                });
+            }
+            inside.check(&image)?;
         }
         images.push(record(&study, view, label, entry.to_string()));
     }
     Ok(())
 }
 
-/// Sorted entries of a folder.
-fn entries(path: &Path) -> Result<Vec<(String, PathBuf, bool)>, DataError> {
+/// The data set folder, resolved, to check that links inside the tree stay inside it.
+struct Inside {
+    root: PathBuf,
+}
+
+impl Inside {
+    fn new(data_dir: &Path) -> Result<Self, DataError> {
+        Ok(Inside {
+            root: fs::canonicalize(data_dir).map_err(|e| DataError::io(data_dir, e))?,
+        })
+    }
+
+    /// `path` resolved (every link followed), refused when it leaves the data set folder.
+    fn check(&self, path: &Path) -> Result<PathBuf, DataError> {
+        let target = fs::canonicalize(path).map_err(|e| DataError::io(path, e))?;
+        if target.starts_with(&self.root) {
+            Ok(target)
+        } else {
+            Err(DataError::LinkEscapes {
+                path: path.to_path_buf(),
+                target,
+                root: self.root.clone(),
+            })
+        }
+    }
+}
+
+/// Sorted entries of a folder: name, path, and whether it is a folder (a link is followed, and
+/// refused when it points outside the data set folder).
+fn entries(path: &Path, inside: &Inside) -> Result<Vec<(String, PathBuf, bool)>, DataError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(path).map_err(|e| DataError::io(path, e))? {
         let entry = entry.map_err(|e| DataError::io(path, e))?;
         let file_type = entry
             .file_type()
             .map_err(|e| DataError::io(entry.path(), e))?;
+        let is_dir = if file_type.is_symlink() {
+            inside.check(&entry.path())?.is_dir()
+        } else {
+            file_type.is_dir()
+        };
         out.push((
             entry.file_name().to_string_lossy().into_owned(),
             entry.path(),
-            file_type.is_dir(),
+            is_dir,
         ));
     }
     out.sort();
@@ -502,7 +612,11 @@ fn entries(path: &Path) -> Result<Vec<(String, PathBuf, bool)>, DataError> {
 }
 
 /// Walks `<dir>/{train,valid}/XR_<PART>/patient<N>/study<K>_<label>/image<V>.<ext>`.
-fn walk(base: &Path, dir: &str) -> Result<(Vec<ImageRecord>, Vec<Skipped>), DataError> {
+fn walk(
+    base: &Path,
+    dir: &str,
+    inside: &Inside,
+) -> Result<(Vec<ImageRecord>, Vec<Skipped>), DataError> {
     let mut images = Vec::new();
     let mut skipped = Vec::new();
     let data_dir = base.join(dir);
@@ -522,7 +636,7 @@ fn walk(base: &Path, dir: &str) -> Result<(Vec<ImageRecord>, Vec<Skipped>), Data
             PathProblem::Layout(reason) => reason,
         },
     };
-    for (split_name, split_path, is_dir) in entries(&data_dir)? {
+    for (split_name, split_path, is_dir) in entries(&data_dir, inside)? {
         if !is_dir || !(split_name == "train" || split_name == "valid") {
             if is_dir || junk_reason(&split_name).is_some() {
                 skip(&split_path, &split_name, &mut skipped);
@@ -531,17 +645,17 @@ fn walk(base: &Path, dir: &str) -> Result<(Vec<ImageRecord>, Vec<Skipped>), Data
             // when they are not junk; junk is counted above.
             continue;
         }
-        for (part_name, part_path, is_dir) in entries(&split_path)? {
+        for (part_name, part_path, is_dir) in entries(&split_path, inside)? {
             if !is_dir {
                 skip(&part_path, &part_name, &mut skipped);
                 continue;
             }
-            for (patient_name, patient_path, is_dir) in entries(&part_path)? {
+            for (patient_name, patient_path, is_dir) in entries(&part_path, inside)? {
                 if !is_dir {
                     skip(&patient_path, &patient_name, &mut skipped);
                     continue;
                 }
-                for (study_name, study_path, is_dir) in entries(&patient_path)? {
+                for (study_name, study_path, is_dir) in entries(&patient_path, inside)? {
                     if !is_dir {
                         skip(&study_path, &study_name, &mut skipped);
                         continue;
@@ -551,7 +665,7 @@ fn walk(base: &Path, dir: &str) -> Result<(Vec<ImageRecord>, Vec<Skipped>), Data
                         &[dir, &split_name, &part_name, &patient_name, &study_name],
                     )
                     .map_err(|p| layout(&study_path, p))?;
-                    for (name, path, is_dir) in entries(&study_path)? {
+                    for (name, path, is_dir) in entries(&study_path, inside)? {
                         if is_dir || junk_reason(&name).is_some() {
                             skip(&path, &name, &mut skipped);
                             continue;

@@ -14,7 +14,8 @@ mod weights;
 pub use dataset::{Dataset, Study};
 pub use error::DataError;
 pub use index::{
-    DATASET_DIR, IndexOptions, IndexSource, Indexed, SkipReason, Skipped, index, locate,
+    DATASET_DIR, IndexOptions, IndexSource, Indexed, MAX_LINE_BYTES, SkipReason, Skipped, index,
+    locate,
 };
 pub use loader::{
     ColorMode, DecodedImage, Loader, LoaderConfig, MAX_IMAGE_SIDE, Sample, decode_file,

@@ -392,11 +392,13 @@ impl Manifest {
     /// and that no patient is in two roles.
     pub fn load(path: &Path) -> Result<Manifest, DataError> {
         let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-        let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(file);
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_reader(crate::index::LineLimited::new(file));
         let header = reader.headers().map_err(|e| DataError::Malformed {
             path: path.to_path_buf(),
             line: 1,
-            reason: e.to_string(),
+            reason: crate::index::csv_problem(&e).1,
         })?;
         if header.iter().ne(MANIFEST_HEADER) {
             return Err(DataError::Malformed {
@@ -407,10 +409,13 @@ impl Manifest {
         }
         let mut entries = Vec::new();
         for rec in reader.records() {
-            let rec = rec.map_err(|e| DataError::Malformed {
-                path: path.to_path_buf(),
-                line: e.position().map_or(0, |p| p.line()),
-                reason: e.to_string(),
+            let rec = rec.map_err(|e| {
+                let (line, reason) = crate::index::csv_problem(&e);
+                DataError::Malformed {
+                    path: path.to_path_buf(),
+                    line,
+                    reason,
+                }
             })?;
             let line = rec.position().map_or(0, |p| p.line());
             let bad = |reason: String| DataError::Malformed {

@@ -252,6 +252,101 @@ fn paths_escaping_the_root_are_refused() {
     }
 }
 
+/// A 10 MB line in an index CSV or a manifest is refused by its line number once it passes
+/// `MAX_LINE_BYTES`, so the CSV parser never buffers it whole.
+#[test]
+fn a_ten_megabyte_csv_line_is_refused_by_line() {
+    let long = "x".repeat(10 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let root = tree(dir.path());
+    let csv = csv_path(&root, "train_image_paths.csv");
+    append_line(&csv, &long);
+    let err = index(&root, &IndexOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, DataError::Malformed { line: 6, .. }), "{msg}");
+    assert!(
+        msg.contains("train_image_paths.csv")
+            && msg.contains(&format!("longer than {} bytes", mura_data::MAX_LINE_BYTES)),
+        "{}",
+        &msg[..msg.len().min(300)]
+    );
+    assert!(
+        msg.len() < 500,
+        "the message quotes the line: {} bytes",
+        msg.len()
+    );
+
+    let dataset = index(&tree(tempfile::tempdir().unwrap().path()), &CSV_ONLY);
+    let m = k_fold(&dataset.unwrap().dataset, 2, 0).unwrap();
+    let manifest = dir.path().join("split.csv");
+    m.save(&manifest).unwrap();
+    set_line(&manifest, 3, &long);
+    let err = Manifest::load(&manifest).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, DataError::Malformed { line: 3, .. }), "{msg}");
+    assert!(msg.contains("split.csv") && msg.len() < 500, "{msg}");
+}
+
+/// A link in the tree pointing outside the data set folder is refused naming the link and its
+/// target, whether the tree is walked or read through its CSVs; a link within the tree is fine.
+#[cfg(unix)]
+#[test]
+fn links_out_of_the_data_tree_are_refused() {
+    use std::os::unix::fs::symlink;
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.png");
+    image::GrayImage::new(4, 4).save(&secret).unwrap();
+
+    for walk in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = tree(dir.path());
+        let study = root.join("MURA-v1.1/train/XR_HAND/patient00002/study1_negative");
+        if walk {
+            for f in fs::read_dir(root.join("MURA-v1.1")).unwrap() {
+                let f = f.unwrap().path();
+                if f.extension().is_some_and(|e| e == "csv") {
+                    fs::remove_file(f).unwrap();
+                }
+            }
+        } else {
+            append_line(
+                &csv_path(&root, "train_image_paths.csv"),
+                "MURA-v1.1/train/XR_HAND/patient00002/study1_negative/image3.png",
+            );
+        }
+        // A link to a file inside the tree is indexed like the file.
+        symlink(study.join("image1.png"), study.join("image3.png")).unwrap();
+        let indexed = index(&root, &IndexOptions::default()).unwrap();
+        assert_eq!(indexed.dataset.images().len(), 7, "walk: {walk}");
+
+        fs::remove_file(study.join("image3.png")).unwrap();
+        symlink(&secret, study.join("image3.png")).unwrap();
+        let err = index(&root, &IndexOptions::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, DataError::LinkEscapes { .. }), "{msg}");
+        assert!(
+            msg.contains("image3.png") && msg.contains("secret.png"),
+            "walk: {walk}: {msg}"
+        );
+    }
+
+    // A linked folder leading out of the tree is refused when walking.
+    let dir = tempfile::tempdir().unwrap();
+    let root = tree(dir.path());
+    for f in fs::read_dir(root.join("MURA-v1.1")).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|e| e == "csv") {
+            fs::remove_file(f).unwrap();
+        }
+    }
+    symlink(outside.path(), root.join("MURA-v1.1/train/XR_FINGER")).unwrap();
+    let err = index(&root, &IndexOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, DataError::LinkEscapes { .. }) && err.to_string().contains("XR_FINGER"),
+        "{err}"
+    );
+}
+
 #[test]
 fn unknown_body_part_missing_image_and_unlabelled_study_are_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -828,11 +923,18 @@ fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn decompression_bomb_header_is_refused_before_allocating() {
+    for side in [20_000u32, 100_000] {
+        bomb(side);
+    }
+}
+
+/// A 100-byte PNG whose header claims `side`×`side` pixels.
+fn bomb(side: u32) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bomb.png");
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = 20000u32.to_be_bytes().to_vec();
-    ihdr.extend_from_slice(&20000u32.to_be_bytes());
+    let mut ihdr = side.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&side.to_be_bytes());
     ihdr.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit gray
     png.extend(chunk(b"IHDR", &ihdr));
     png.extend(chunk(

@@ -110,11 +110,37 @@ fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
     std::fs::read(path).map_err(|e| unreadable(path, e))
 }
 
+/// Refuses bytes that cannot be a safetensors file before its parser sees them, saying why: fewer
+/// than the 8 bytes of the header length, or a header length reaching past the end of the file
+/// (a truncated or hostile file). Nothing is allocated from the claimed length.
+pub fn check_framing(bytes: &[u8]) -> Result<(), String> {
+    let Some(head) = bytes.first_chunk::<8>() else {
+        return Err(format!(
+            "{} bytes: too short for a safetensors file (its first 8 bytes are the header length)",
+            bytes.len()
+        ));
+    };
+    let claimed = u64::from_le_bytes(*head);
+    let present = bytes.len() as u64 - 8;
+    if claimed > present {
+        return Err(format!(
+            "the header claims {claimed} bytes but only {present} follow: a truncated file, or not safetensors"
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_framing`], then the whole file parsed (header JSON, every tensor's extent).
+pub fn parse_safetensors(bytes: &[u8]) -> Result<SafeTensors<'_>, String> {
+    check_framing(bytes)?;
+    SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file: {e}"))
+}
+
 /// The tensors a `.safetensors` file declares, sorted by name. A truncated or malformed file is an
 /// error naming the file.
 pub fn read_header(path: &Path) -> Result<Vec<TensorInfo>, ModelError> {
     let bytes = read(path)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| unreadable(path, e))?;
+    let st = parse_safetensors(&bytes).map_err(|e| unreadable(path, e))?;
     Ok(infos(&st))
 }
 
@@ -270,7 +296,7 @@ pub fn load(
     opts: LoadOptions,
 ) -> Result<LoadReport, ModelError> {
     let bytes = read(path)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| unreadable(path, e))?;
+    let st = parse_safetensors(&bytes).map_err(|e| unreadable(path, e))?;
     let found = infos(&st);
     let plan = plan(model, &declared(varmap), &found, opts).map_err(|problems| {
         ModelError::Checkpoint {
@@ -334,7 +360,7 @@ pub fn read_tensor(
     device: &candle_core::Device,
 ) -> Result<Tensor, ModelError> {
     let bytes = read(path)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| unreadable(path, e))?;
+    let st = parse_safetensors(&bytes).map_err(|e| unreadable(path, e))?;
     let view = st.tensor(name).map_err(|_| {
         let mut names = st.names();
         names.sort();

@@ -305,8 +305,7 @@ pub fn verify(e: &WeightsEntry, path: &Path) -> Result<Verified, ModelError> {
     };
     let bytes = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
     // The whole file must parse: a header longer than the file or a truncated body is refused.
-    let st =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| unreadable(e.to_string()))?;
+    let st = crate::checkpoint::parse_safetensors(&bytes).map_err(unreadable)?;
     let tensors = st.len();
     drop(st);
     let config = e.model_config()?;

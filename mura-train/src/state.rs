@@ -160,6 +160,7 @@ impl Loaded {
 /// Reads a checkpoint written by [`save`].
 pub fn load(path: &Path, device: &Device) -> Result<Loaded, TrainError> {
     let bytes = std::fs::read(path).map_err(|e| unreadable(path, e))?;
+    mura_models::checkpoint::check_framing(&bytes).map_err(|e| unreadable(path, e))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| unreadable(path, e))?;
     let state = match meta.metadata().as_ref().and_then(|m| m.get(STATE_KEY)) {
         Some(json) => Some(
@@ -168,7 +169,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded, TrainError> {
         ),
         None => None,
     };
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| unreadable(path, e))?;
+    let st = mura_models::checkpoint::parse_safetensors(&bytes).map_err(|e| unreadable(path, e))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let dtype = match view.dtype() {
@@ -182,4 +183,47 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded, TrainError> {
         tensors.insert(name, t);
     }
     Ok(Loaded { tensors, state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_checkpoints_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("last.safetensors");
+        let t = Tensor::new(&[1f32, 2., 3.], &Device::Cpu).unwrap();
+        save(&good, &HashMap::from([("w".to_string(), t)]), None).unwrap();
+        assert_eq!(load(&good, &Device::Cpu).unwrap().tensors.len(), 1);
+        let bytes = std::fs::read(&good).unwrap();
+
+        // Header length larger than the file; a file shorter than the length field; a state that
+        // is not JSON of a TrainState.
+        let mut liar = (1u64 << 40).to_le_bytes().to_vec();
+        liar.extend_from_slice(&bytes[8..]);
+        let state = safetensors::serialize(
+            [(
+                "w",
+                &raw(&Tensor::new(&[1f32], &Device::Cpu).unwrap()).unwrap(),
+            )],
+            Some(HashMap::from([(
+                STATE_KEY.to_string(),
+                "{oops".to_string(),
+            )])),
+        )
+        .unwrap();
+        for (name, content, needle) in [
+            ("liar.safetensors", liar, "header claims"),
+            ("short.safetensors", vec![1, 2, 3], "too short"),
+            ("state.safetensors", state, "training state"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            let err = load(&path, &Device::Cpu).unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, TrainError::BadCheckpoint { .. }), "{msg}");
+            assert!(msg.contains(name) && msg.contains(needle), "{msg}");
+        }
+    }
 }

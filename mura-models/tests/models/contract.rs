@@ -310,6 +310,24 @@ fn bad_checkpoints_list_every_offending_tensor() {
         matches!(err, ModelError::Unreadable { .. }) && err.to_string().contains("cut.safetensors"),
         "{err}"
     );
+    // Hostile framing: a header length far past the end of the file, and a file shorter than the
+    // length field itself. Refused by name, before anything of the claimed size is allocated.
+    let mut huge = u64::MAX.to_le_bytes().to_vec();
+    huge.extend_from_slice(&bytes[8..]);
+    let liar = dir.path().join("liar.safetensors");
+    std::fs::write(&liar, &huge).unwrap();
+    let tiny = dir.path().join("tiny.safetensors");
+    std::fs::write(&tiny, b"abc").unwrap();
+    for (path, needle) in [(&liar, "header claims"), (&tiny, "too short")] {
+        let err = checkpoint::load(&fresh, &fresh_vars, path, LoadOptions::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ModelError::Unreadable { .. }), "{msg}");
+        assert!(msg.contains(needle), "{msg}");
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(msg.contains(name), "{msg}");
+        let err = checkpoint::read_header(path).unwrap_err().to_string();
+        assert!(err.contains(needle) && err.contains(name), "{err}");
+    }
     let err = checkpoint::load(
         &fresh,
         &fresh_vars,
