@@ -32,6 +32,11 @@ pub struct ClaheAug {
     pub probability: f32,
 }
 
+/// The smallest zoom scale accepted (a 16th of the image: anything smaller is a dot).
+pub const MIN_ZOOM: f32 = 1.0 / 16.0;
+/// The largest zoom scale accepted (a 16th of the image fills the output).
+pub const MAX_ZOOM: f32 = 16.0;
+
 /// Train-time augmentations, each with its probability or range.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -123,6 +128,12 @@ impl AugmentConfig {
             return Err(bad(
                 "zoom",
                 format!("({lo}, {hi}) is not a range of positive scales"),
+            ));
+        }
+        if lo < MIN_ZOOM || hi > MAX_ZOOM {
+            return Err(bad(
+                "zoom",
+                format!("({lo}, {hi}) leaves [{MIN_ZOOM}, {MAX_ZOOM}]"),
             ));
         }
         if !(0.0..1.0).contains(&self.translate) {
@@ -476,7 +487,9 @@ fn sample_row(plane: &[u8], w: usize, h: usize, map: &InverseMap, y: usize, row:
         for out in chunk.iter_mut() {
             let (x0, y0) = ((sx >> 16) as i32, (sy >> 16) as i32);
             let (ax, ay) = (((sx >> 8) & 0xff) as u32, ((sy >> 8) & 0xff) as u32);
-            let (a, b, c, d) = if x0 >= 0 && y0 >= 0 && x0 + 1 < wi && y0 + 1 < hi {
+            // No overflow whatever the map: `x0 < wi - 1` rather than `x0 + 1 < wi`, saturating
+            // neighbours, wrapping steps (found by the decode_augment fuzz target).
+            let (a, b, c, d) = if x0 >= 0 && y0 >= 0 && x0 < wi - 1 && y0 < hi - 1 {
                 let i = y0 as usize * w + x0 as usize;
                 let (top, bottom) = (&plane[i..i + 2], &plane[i + w..i + w + 2]);
                 (
@@ -486,18 +499,14 @@ fn sample_row(plane: &[u8], w: usize, h: usize, map: &InverseMap, y: usize, row:
                     u32::from(bottom[1]),
                 )
             } else {
-                (
-                    at(x0, y0),
-                    at(x0 + 1, y0),
-                    at(x0, y0 + 1),
-                    at(x0 + 1, y0 + 1),
-                )
+                let (x1, y1) = (x0.saturating_add(1), y0.saturating_add(1));
+                (at(x0, y0), at(x1, y0), at(x0, y1), at(x1, y1))
             };
             let top = a * (256 - ax) + b * ax;
             let bottom = c * (256 - ax) + d * ax;
             *out = (top * (256 - ay) + bottom * ay) as f32 * INV;
-            sx += dx;
-            sy += dy;
+            sx = sx.wrapping_add(dx);
+            sy = sy.wrapping_add(dy);
         }
     }
 }
@@ -912,6 +921,21 @@ mod tests {
             (
                 AugmentConfig {
                     zoom: (0.0, 1.0),
+                    ..ok
+                },
+                "zoom",
+            ),
+            (
+                // Found by fuzzing: a positive but tiny scale overflowed the warp.
+                AugmentConfig {
+                    zoom: (1.9e-24, 5.7e-16),
+                    ..ok
+                },
+                "zoom",
+            ),
+            (
+                AugmentConfig {
+                    zoom: (1.0, 17.0),
                     ..ok
                 },
                 "zoom",

@@ -166,7 +166,10 @@ impl GrayResizer {
                 let k = (f64::from(dst_w) / f64::from(src_w))
                     .max(f64::from(dst_h) / f64::from(src_h))
                     / f64::from(crop_fraction);
-                let (bw, bh) = (f64::from(dst_w) / k, f64::from(dst_h) / k);
+                // At least one source pixel: a tiny fraction (or a tiny image) must not ask the
+                // resizer for an empty crop, which it indexes out of bounds (found by fuzzing).
+                let bw = (f64::from(dst_w) / k).max(1.0).min(f64::from(src_w));
+                let bh = (f64::from(dst_h) / k).max(1.0).min(f64::from(src_h));
                 let left = (f64::from(src_w) - bw) / 2.0;
                 let top = (f64::from(src_h) - bh) / 2.0;
                 let mut dst_view =
@@ -216,6 +219,34 @@ mod tests {
         (0..w * h)
             .map(|i| ((i % w) * 255 / w.max(1)) as u8 ^ ((i / w) as u8))
             .collect()
+    }
+
+    /// Found by fuzzing: a tiny crop fraction (or source) asked fast_image_resize for an empty
+    /// crop, which panicked inside it. The crop is at least one source pixel now.
+    #[test]
+    fn tiny_crops_are_one_source_pixel_not_a_panic() {
+        let mut r = GrayResizer::new();
+        let src: Vec<u8> = (0..48u32 * 40).map(|i| (i % 251) as u8).collect();
+        for (src_w, src_h, fraction) in [(48, 40, 1.65e-24f32), (1, 1, 0.875), (48, 1, 0.5)] {
+            for filter in [Filter::Bilinear, Filter::Bicubic, Filter::Lanczos3] {
+                let mut dst = vec![0u8; 20 * 18];
+                let n = (src_w * src_h) as usize;
+                r.resize(
+                    &src[..n],
+                    (src_w, src_h),
+                    &mut dst,
+                    (20, 18),
+                    ResizeMode::CenterCrop {
+                        crop_fraction: fraction,
+                    },
+                    filter,
+                )
+                .unwrap();
+                if src_w == 1 && src_h == 1 {
+                    assert!(dst.iter().all(|&v| v == src[0]), "{dst:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! checkpoint write, then resume; a second process on the same run; checkpoint writes that run
 //! out of space. See docs/reliability.md.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -158,6 +158,7 @@ fn assert_close(a: &Path, b: &Path, tolerance: f32) {
         a.display(),
         b.display()
     );
+    let mut largest = 0f32;
     for (name, u) in &x {
         let v = &y[name];
         let worst = u
@@ -166,7 +167,9 @@ fn assert_close(a: &Path, b: &Path, tolerance: f32) {
             .map(|(p, q)| (p - q).abs() / (1.0 + q.abs()))
             .fold(0f32, f32::max);
         assert!(worst <= tolerance, "{name}: differs by {worst}");
+        largest = largest.max(worst);
     }
+    eprintln!("{}: largest relative difference {largest:e}", a.display());
 }
 
 #[test]

@@ -18,7 +18,8 @@ pub use index::{
     locate,
 };
 pub use loader::{
-    ColorMode, DecodedImage, Loader, LoaderConfig, MAX_IMAGE_SIDE, Sample, decode_file,
+    ColorMode, DecodedImage, Loader, LoaderConfig, MAX_IMAGE_SIDE, Sample, decode_bytes,
+    decode_file,
 };
 pub use record::{BodyPart, ImageRecord, PatientKey, Split, UnknownBodyPart};
 pub use split::{

@@ -52,12 +52,33 @@ pub const MAX_IMAGE_SIDE: u32 = 16384;
 /// [`MAX_IMAGE_SIDE`] pixels on a side (a decompression bomb) is refused before anything is
 /// allocated, and no decode may allocate more than 512 MiB.
 pub fn decode_file(path: &Path, color: ColorMode) -> Result<DecodedImage, DataError> {
+    let reader = image::ImageReader::open(path).map_err(|e| DataError::io(path, e))?;
+    decode(reader, path, color)
+}
+
+/// [`decode_file`] on the bytes of a file; errors name `path`.
+pub fn decode_bytes(
+    bytes: &[u8],
+    path: &Path,
+    color: ColorMode,
+) -> Result<DecodedImage, DataError> {
+    decode(
+        image::ImageReader::new(std::io::Cursor::new(bytes)),
+        path,
+        color,
+    )
+}
+
+fn decode<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+    path: &Path,
+    color: ColorMode,
+) -> Result<DecodedImage, DataError> {
     let decode_err = |e: image::ImageError| DataError::Decode {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
+    let mut reader = reader
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
     let mut limits = image::Limits::default();

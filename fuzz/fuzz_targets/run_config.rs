@@ -1,0 +1,10 @@
+//! cargo-fuzz target: the harness in harness/run_config.rs, which the workspace's regression test
+//! (mura-train/tests/fuzz_regressions.rs) shares.
+#![no_main]
+
+#[path = "../harness/run_config.rs"]
+mod harness;
+#[path = "../harness/scratch.rs"]
+mod scratch;
+
+libfuzzer_sys::fuzz_target!(|bytes: &[u8]| harness::run(bytes, scratch::dir()));
