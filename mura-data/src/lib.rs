@@ -56,7 +56,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let tmp = dir.join(temporary_name(&name));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         match write_pause() {
@@ -82,6 +82,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
         return Err(err(e));
     }
     Ok(())
+}
+
+/// The temporary name [`write_atomic`] writes `name` under, in this process.
+fn temporary_name(name: &str) -> String {
+    format!(".{name}.tmp{}", std::process::id())
+}
+
+/// Is `name` a temporary file of [`write_atomic`] (`.<name>.tmp<pid>`)?
+fn is_temporary_name(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .rsplit_once(".tmp")
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes the temporary files that a killed [`write_atomic`] left half-written in `dir`. Only
+/// for a folder no other process is writing (a run directory under its lock); errors are ignored.
+pub fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if is_temporary_name(&e.file_name().to_string_lossy()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// What a failed [`write_atomic`] means for the user's files, for the errors that are about space:
@@ -114,4 +140,18 @@ pub fn write_gray_png(
             message: e.to_string(),
         })?;
     write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporaries_are_recognised_by_the_name_write_atomic_gives_them() {
+        assert!(is_temporary_name(&temporary_name("last.safetensors")));
+        assert!(is_temporary_name(".history.csv.tmp12"));
+        for keep in ["last.safetensors", ".lock", ".x.tmp", ".x.tmpab", "x.tmp12"] {
+            assert!(!is_temporary_name(keep), "{keep}");
+        }
+    }
 }

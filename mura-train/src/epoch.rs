@@ -241,8 +241,8 @@ pub fn step_seed(seed: u64, epoch: u64, step: u64) -> u64 {
 }
 
 /// Trains `model` for one epoch: forward in train mode, weighted BCE on logits, backward, optimiser
-/// step. A non-finite input, loss or gradient stops with [`TrainError::NonFinite`] before the step
-/// is applied.
+/// step. Non-finite cached features, loss or gradients stop with [`TrainError::NonFinite`] before
+/// the step is applied (a non-finite image stops [`Batches`] naming its file).
 pub fn train_epoch(
     model: &Model,
     optim: &mut Optim,
@@ -286,14 +286,16 @@ pub fn train_epoch_with(
             batch: step + 1,
             value,
         };
-        let input = finite_sum(&b.x)?;
-        if !input.is_finite() {
-            let what = if b.features {
-                "the cached backbone features of a batch"
-            } else {
-                "the input batch"
-            };
-            return Err(non_finite(what.into(), input));
+        // Image batches from `Batches` were checked image by image (naming the file); cached
+        // features come from the model and are checked here.
+        if b.features {
+            let input = finite_sum(&b.x)?;
+            if !input.is_finite() {
+                return Err(non_finite(
+                    "the cached backbone features of a batch".into(),
+                    input,
+                ));
+            }
         }
         let logits = b.logits(model, true)?;
         let loss = optim.regularize(bce_with_logits(&logits, &b.y, Some(&b.w))?)?;

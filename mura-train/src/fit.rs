@@ -456,7 +456,8 @@ pub fn fit(
     config.check()?;
     let dev = device(&config.device)?;
     let _lock = RunLock::acquire(dir)?;
-    remove_stale_temporaries(dir);
+    // Under the run's lock no other process can be writing these.
+    mura_data::remove_stale_temporaries(dir);
     let last_path = dir.join(files::LAST);
     let resuming = last_path.exists();
 
@@ -788,25 +789,6 @@ pub fn fit(
         state::write_durable(&dir.join(files::METRICS), json.as_bytes())?;
     }
     Ok(out)
-}
-
-/// Removes the temporary files (`.<name>.tmp<pid>`) a killed process left half-written in the
-/// run directory; under the run's lock no other process can be writing them.
-fn remove_stale_temporaries(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        let stale = name.starts_with('.')
-            && name
-                .rsplit_once(".tmp")
-                .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
-        if stale {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
 }
 
 /// The frozen backbone's features of the training and validation images, or `None` when they
