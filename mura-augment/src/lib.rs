@@ -10,8 +10,8 @@ pub use flip::{hflip_in_place, vflip_in_place};
 pub use intensity::{Clahe, percentile_window};
 pub use normalize::{Normalize, to_chw_into};
 pub use pipeline::{
-    AugmentConfig, ClaheAug, MAX_ZOOM, MIN_ZOOM, Params, Pipeline, Preprocess, Preset, WindowAug,
-    Worker, preview_grid, sample_params,
+    AugmentConfig, ClaheAug, MAX_ZOOM, MIN_ZOOM, Params, Pipeline, Preprocess, Preset, View,
+    WindowAug, Worker, preview_grid, sample_params,
 };
 pub use resize::{Filter, GrayResizer, ResizeMode, letterbox_rect};
 

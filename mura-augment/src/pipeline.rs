@@ -276,12 +276,37 @@ thread_local! {
     static WORKER: RefCell<Worker> = RefCell::new(Worker::default());
 }
 
+/// A fixed transformation applied on top of the sampled one: a view of test-time augmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct View {
+    /// Flip horizontally (after any sampled flip: two flips cancel).
+    pub hflip: bool,
+    /// Degrees added to the sampled rotation (counter-clockwise), bilinear with black fill.
+    pub angle_degrees: f32,
+}
+
+impl View {
+    /// The image as it is.
+    pub const IDENTITY: View = View {
+        hflip: false,
+        angle_degrees: 0.0,
+    };
+
+    fn apply(self, params: &mut Params) {
+        params.hflip ^= self.hflip;
+        params.angle_degrees += self.angle_degrees;
+    }
+}
+
 /// Preprocessing, augmentation and the seed: everything needed to turn an image into model input.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pipeline {
     pub preprocess: Preprocess,
     pub augment: AugmentConfig,
     pub seed: u64,
+    /// A fixed view applied to every image (test-time augmentation); the identity by default.
+    pub view: View,
 }
 
 impl Pipeline {
@@ -318,7 +343,19 @@ impl Pipeline {
             preprocess,
             augment,
             seed,
+            view: View::IDENTITY,
         })
+    }
+
+    /// The same pipeline seeing every image through `view`. A non-finite angle is refused.
+    pub fn with_view(self, view: View) -> Result<Self, AugmentError> {
+        if !view.angle_degrees.is_finite() {
+            return Err(AugmentError::BadConfig {
+                what: "view angle",
+                reason: format!("{} is not a finite angle", view.angle_degrees),
+            });
+        }
+        Ok(Self { view, ..self })
     }
 
     /// Floats per output image: channels × height × width.
@@ -411,7 +448,8 @@ impl Pipeline {
             p.filter,
         )?;
 
-        let params = sample_params(&self.augment, (p.width, p.height), self.seed, epoch, index);
+        let mut params = sample_params(&self.augment, (p.width, p.height), self.seed, epoch, index);
+        self.view.apply(&mut params);
         if let (true, Some(win)) = (params.window, self.augment.window) {
             percentile_window(&mut worker.plane, win.p_low, win.p_high)?;
         }
@@ -726,6 +764,62 @@ mod tests {
         for (a, &b) in direct.iter().zip(&img.pixels) {
             assert!((a - f32::from(b) / 255.0).abs() < 1e-7);
         }
+    }
+
+    #[test]
+    fn views_flip_and_rotate_on_top_of_the_sampled_parameters() {
+        let img = gray(16, 12, |x, y| (x * 13 + y * 7) as u8);
+        let plain = Pipeline::new(pre(16, 12, 1), AugmentConfig::none(), 3).unwrap();
+        let base = plain.process(&img, 0, 0).unwrap();
+        let flipped = plain
+            .with_view(View {
+                hflip: true,
+                angle_degrees: 0.0,
+            })
+            .unwrap();
+        let out = flipped.process(&img, 0, 0).unwrap();
+        for y in 0..12 {
+            for x in 0..16 {
+                assert_eq!(out[y * 16 + x], base[y * 16 + 15 - x]);
+            }
+        }
+        // A rotation view equals sampling that angle; a flip view undoes a sampled flip.
+        let turned = plain
+            .with_view(View {
+                hflip: false,
+                angle_degrees: 10.0,
+            })
+            .unwrap();
+        let mut expected = vec![0.0; 16 * 12];
+        let p = Params {
+            angle_degrees: 10.0,
+            ..params()
+        };
+        render(&img.pixels, 16, 12, &p, &mut expected);
+        // The fast warp uses 8-bit bilinear weights: within 0.01 of the float reference.
+        let got = turned.process(&img, 0, 0).unwrap();
+        assert!(got.iter().zip(&expected).all(|(a, b)| (a - b).abs() < 0.01));
+        assert_ne!(got, base);
+        let always = AugmentConfig {
+            hflip: 1.0,
+            ..AugmentConfig::none()
+        };
+        let undone = Pipeline::new(pre(16, 12, 1), always, 3)
+            .unwrap()
+            .with_view(View {
+                hflip: true,
+                angle_degrees: 0.0,
+            })
+            .unwrap();
+        assert_eq!(undone.process(&img, 0, 0).unwrap(), base);
+        assert!(
+            plain
+                .with_view(View {
+                    hflip: false,
+                    angle_degrees: f32::NAN,
+                })
+                .is_err()
+        );
     }
 
     proptest! {

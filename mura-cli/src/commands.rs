@@ -56,6 +56,21 @@ enum Command {
     /// (does the checkpoint fit?); `--weights FILE --forward IN.safetensors --out OUT.safetensors`
     /// (eval-mode logits of the tensor `input`, written as `logits`).
     Model(ModelArgs),
+    /// Grad-CAM heat maps: one PNG per image, the radiograph with the map of the model's last
+    /// convolutional feature map overlaid and the probability printed.
+    Explain(crate::compare_cmds::ExplainArgs),
+    /// An HTML page comparing runs and ensembles: table ordered by a metric, training curves, ROC
+    /// curves, per-body-part kappa beside the MURA paper, confusion matrices.
+    Report(crate::compare_cmds::ReportArgs),
+    /// Combine runs: mean of probabilities, majority vote, or routing by body part; writes an
+    /// ensemble directory that `evaluate` and `predict` accept.
+    Ensemble(crate::compare_cmds::EnsembleArgs),
+    /// K-fold cross-validation on patient-grouped stratified folds: K runs, each metric as
+    /// mean ± std over the folds.
+    Cv(crate::compare_cmds::CvArgs),
+    /// Choose (again) a run's decision threshold on its validation studies: maximum kappa or
+    /// Youden's J; stored in threshold.json.
+    Threshold(crate::compare_cmds::ThresholdArgs),
 }
 
 #[derive(Debug, Args)]
@@ -356,6 +371,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => crate::train_cmds::cmd_train(&a),
         Command::Evaluate(a) => crate::train_cmds::cmd_evaluate(&a),
         Command::Predict(a) => crate::train_cmds::cmd_predict(&a),
+        Command::Explain(a) => crate::compare_cmds::cmd_explain(&a),
+        Command::Report(a) => crate::compare_cmds::cmd_report(&a),
+        Command::Ensemble(a) => crate::compare_cmds::cmd_ensemble(&a),
+        Command::Cv(a) => crate::compare_cmds::cmd_cv(&a),
+        Command::Threshold(a) => crate::compare_cmds::cmd_threshold(&a),
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod commands;
+mod compare_cmds;
 mod train_cmds;
 
 use std::process::ExitCode;

@@ -10,7 +10,8 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mura_data::Role;
 use mura_models::{Arch, ModelConfig};
-use mura_train::evaluate::{EvaluateOptions, Evaluation, Level, TrainedRun, Weights};
+use mura_train::ensemble::{Input, Predictor};
+use mura_train::evaluate::{EvaluateOptions, Evaluation, Level, Tta, Weights};
 use mura_train::fit::files;
 use mura_train::{
     EpochProgress, FitEnd, FitOptions, FitSummary, HistoryRow, Observer, RunConfig, create_run_dir,
@@ -58,8 +59,55 @@ pub struct TrainArgs {
     /// `cpu` or `cuda:N` (needs a build with `--features cuda`).
     #[arg(long)]
     pub device: Option<String>,
+    /// Also write the per-epoch scalars as TensorBoard event files under RUN/tensorboard/.
+    #[arg(long)]
+    pub tensorboard: bool,
+    /// How the decision threshold is chosen on the validation studies at the end.
+    #[arg(long, value_enum)]
+    pub threshold: Option<CriterionArg>,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CriterionArg {
+    /// Maximum Cohen's kappa.
+    Kappa,
+    /// Maximum Youden's J (sensitivity + specificity - 1).
+    Youden,
+}
+
+impl From<CriterionArg> for mura_metrics::Criterion {
+    fn from(c: CriterionArg) -> Self {
+        match c {
+            CriterionArg::Kappa => mura_metrics::Criterion::Kappa,
+            CriterionArg::Youden => mura_metrics::Criterion::Youden,
+        }
+    }
+}
+
+/// `--tta`: test-time augmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TtaArg {
+    None,
+    /// The image and its mirror image.
+    Hflip,
+    /// The image, and rotated by -10° and +10°.
+    Rot,
+    /// Both: six views.
+    #[value(name = "hflip+rot")]
+    HflipRot,
+}
+
+impl From<TtaArg> for Tta {
+    fn from(t: TtaArg) -> Self {
+        match t {
+            TtaArg::None => Tta::None,
+            TtaArg::Hflip => Tta::Hflip,
+            TtaArg::Rot => Tta::Rot,
+            TtaArg::HflipRot => Tta::HflipRot,
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone, Copy)]
@@ -98,7 +146,7 @@ impl From<WeightsArg> for Weights {
 
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
-    /// A run directory.
+    /// A run directory, or an ensemble directory (`mura ensemble`).
     pub run: PathBuf,
     /// Which part of the run's split to score: test (the official valid set) or val.
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
@@ -110,13 +158,16 @@ pub struct EvaluateArgs {
     pub bootstrap: usize,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Test-time augmentation: average the probabilities of these views of each image.
+    #[arg(long, value_enum, default_value_t = TtaArg::None)]
+    pub tta: TtaArg,
     #[command(flatten)]
     pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// A run directory.
+    /// A run directory, or an ensemble directory (`mura ensemble`).
     pub run: PathBuf,
     /// Images, or study folders (every image inside is predicted and averaged into the study).
     #[arg(required = true)]
@@ -125,6 +176,9 @@ pub struct PredictArgs {
     pub weights: WeightsArg,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Test-time augmentation: average the probabilities of these views of each image.
+    #[arg(long, value_enum, default_value_t = TtaArg::None)]
+    pub tta: TtaArg,
     #[arg(long)]
     pub json: bool,
 }
@@ -221,7 +275,7 @@ impl Observer for Progress {
 }
 
 /// A Ctrl-C handler that asks the run to stop at the next batch boundary; a second Ctrl-C exits.
-fn interrupt_flag() -> Arc<AtomicBool> {
+pub fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = Arc::clone(&flag);
     // Another handler may already be installed (tests running several commands in one process).
@@ -294,6 +348,12 @@ pub fn train_config(a: &TrainArgs) -> Result<RunConfig> {
     }
     if let Some(d) = &a.device {
         c.device = d.clone();
+    }
+    if a.tensorboard {
+        c.train.tensorboard = true;
+    }
+    if let Some(t) = a.threshold {
+        c.train.threshold = t.into();
     }
     c.check()?;
     Ok(c)
@@ -368,6 +428,7 @@ pub fn cmd_evaluate(a: &EvaluateArgs) -> Result<()> {
         weights: a.weights.into(),
         resamples: a.bootstrap,
         threads: a.threads,
+        tta: a.tta.into(),
     };
     let ev = mura_train::evaluate(&a.run, options)?;
     if a.output.json {
@@ -420,13 +481,52 @@ fn level_table(title: &str, level: &Level) -> String {
     out
 }
 
-/// The evaluation as two tables: study level (the MURA paper's unit) and image level.
+/// The evaluation as two tables: study level (the MURA paper's unit) and image level, then the
+/// study-level figures at the threshold chosen on validation.
 pub fn evaluation_table(ev: &Evaluation) -> String {
+    let mut at = String::new();
+    if let (Some(t), Some(r)) = (ev.threshold, &ev.at_threshold) {
+        at.push_str(&format!(
+            "\nat the threshold chosen on validation: {:.4} (maximum {}, {:.4} there)\n{:<10} {:>7} {:>7} {:>7} {:>7} {:>7}  confusion tn/fp/fn/tp\n",
+            t.value,
+            t.criterion.as_str(),
+            t.score,
+            "studies",
+            "kappa",
+            "acc",
+            "sens",
+            "spec",
+            "F1"
+        ));
+        let rows = std::iter::once(("all".to_string(), &r.studies))
+            .chain(r.study_body_parts.iter().map(|(k, v)| (k.clone(), v)));
+        for (name, b) in rows {
+            let c = &b.confusion;
+            at.push_str(&format!(
+                "{:<10} {:>7} {:>7} {:>7} {:>7} {:>7}  {}/{}/{}/{}\n",
+                name,
+                fmt_opt(b.kappa),
+                fmt_opt(b.accuracy),
+                fmt_opt(b.recall),
+                fmt_opt(b.specificity),
+                fmt_opt(b.f1),
+                c.true_negative,
+                c.false_positive,
+                c.false_negative,
+                c.true_positive
+            ));
+        }
+    }
+    let tta = if ev.tta == Tta::None {
+        String::new()
+    } else {
+        format!(", test-time augmentation {}", ev.tta.as_str())
+    };
     format!(
-        "{}\n{}",
+        "{}\n{}{at}",
         level_table(
             &format!(
-                "study level ({} split, mean probability per study)",
+                "study level ({} split, mean probability per study{tta})",
                 ev.split
             ),
             &ev.studies
@@ -462,9 +562,15 @@ pub fn cmd_predict(a: &PredictArgs) -> Result<()> {
             bail!("{}: no such file or folder", input.display());
         }
     }
-    let run = TrainedRun::open(&a.run, a.weights.into(), None)?;
-    let paths: Vec<PathBuf> = groups.iter().flat_map(|(_, g)| g.clone()).collect();
-    let probs = run.predict_paths(&paths, a.threads)?;
+    let predictor = Predictor::open(&a.run, a.weights.into(), None)?;
+    let threshold = predictor
+        .threshold()
+        .map_or(mura_metrics::DEFAULT_THRESHOLD, |t| t.value);
+    let inputs: Vec<Input> = groups
+        .iter()
+        .flat_map(|(_, g)| g.iter().cloned().map(Input::file))
+        .collect();
+    let probs = predictor.predict(&inputs, a.threads, a.tta.into())?;
     let mut i = 0;
     let mut results = Vec::new();
     for (input, images) in &groups {
@@ -474,7 +580,8 @@ pub fn cmd_predict(a: &PredictArgs) -> Result<()> {
         results.push(serde_json::json!({
             "input": input.display().to_string(),
             "probability": mean,
-            "abnormal": mean > mura_metrics::DEFAULT_THRESHOLD,
+            "abnormal": mean > threshold,
+            "threshold": threshold,
             "images": images.iter().zip(p).map(|(path, q)| serde_json::json!({
                 "path": path.display().to_string(), "probability": q
             })).collect::<Vec<_>>(),
@@ -489,7 +596,7 @@ pub fn cmd_predict(a: &PredictArgs) -> Result<()> {
                     mean,
                     input.display(),
                     images.len(),
-                    if mean > mura_metrics::DEFAULT_THRESHOLD {
+                    if mean > threshold {
                         "abnormal"
                     } else {
                         "normal"
@@ -500,7 +607,7 @@ pub fn cmd_predict(a: &PredictArgs) -> Result<()> {
                     "{:.4}  {}  ({})",
                     mean,
                     input.display(),
-                    if mean > mura_metrics::DEFAULT_THRESHOLD {
+                    if mean > threshold {
                         "abnormal"
                     } else {
                         "normal"

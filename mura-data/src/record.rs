@@ -68,6 +68,21 @@ impl BodyPart {
     }
 }
 
+impl BodyPart {
+    /// The body part named by the last `XR_*` folder in `path`, as MURA lays its files out
+    /// (`.../XR_WRIST/patient00001/study1_positive/image1.png`).
+    pub fn in_path(path: &std::path::Path) -> Option<BodyPart> {
+        path.components().rev().find_map(|c| {
+            let name = c.as_os_str().to_str()?;
+            if name.len() > 3 && name[..3].eq_ignore_ascii_case("XR_") {
+                name.parse().ok()
+            } else {
+                None
+            }
+        })
+    }
+}
+
 impl fmt::Display for BodyPart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.folder())
@@ -176,6 +191,19 @@ pub struct PatientKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_part_is_read_from_the_xr_folder_of_a_path() {
+        use std::path::Path;
+        let p = Path::new("MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image1.png");
+        assert_eq!(BodyPart::in_path(p), Some(BodyPart::Wrist));
+        assert_eq!(
+            BodyPart::in_path(Path::new("x/xr_hand/a.png")),
+            Some(BodyPart::Hand)
+        );
+        assert_eq!(BodyPart::in_path(Path::new("wrist/a.png")), None);
+        assert_eq!(BodyPart::in_path(Path::new("XR_KNEE/a.png")), None);
+    }
 
     #[test]
     fn body_part_names_round_trip() {

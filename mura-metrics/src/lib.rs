@@ -6,6 +6,7 @@ mod error;
 mod ranking;
 mod report;
 mod study;
+mod threshold;
 
 pub use bootstrap::{BootstrapConfig, Interval, bootstrap_ci};
 pub use classification::{
@@ -16,6 +17,7 @@ pub use error::MetricsError;
 pub use ranking::{RocPoint, roc_auc, roc_curve};
 pub use report::{BinaryReport, GroupReport, by_group, evaluate};
 pub use study::{StudyScore, aggregate_studies};
+pub use threshold::{Criterion, Threshold, choose_threshold};
 
 /// The decision threshold the MURA paper uses: abnormal when the probability is *greater* than 0.5.
 pub const DEFAULT_THRESHOLD: f64 = 0.5;

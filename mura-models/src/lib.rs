@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod cnn;
 pub mod densenet;
+pub mod gradcam;
 pub mod head;
 pub mod hub;
 pub mod inception;
@@ -16,6 +17,7 @@ pub mod summary;
 pub use checkpoint::{LoadOptions, LoadReport, Mismatch, TensorInfo};
 pub use cnn::{Cnn, CnnConfig, FilterGrowth, KernelGrowth, LocalPool, Readout};
 pub use densenet::{DenseNet, DenseNetConfig};
+pub use gradcam::{GradCam, grad_cam};
 pub use head::{GlobalPool, Head, HeadConfig};
 pub use inception::{InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, InceptionV3};
 pub use init::init_seeded;

@@ -213,6 +213,14 @@ pub struct TrainConfig {
     /// Also save it every this many steps inside an epoch.
     #[serde(default)]
     pub checkpoint_steps: Option<u64>,
+    /// How the decision threshold is chosen on the validation studies when the run ends
+    /// (`kappa`: maximum Cohen's kappa; `youden`: maximum sensitivity + specificity - 1); stored in
+    /// `threshold.json` and reported by `evaluate` beside 0.5.
+    #[serde(default)]
+    pub threshold: mura_metrics::Criterion,
+    /// Also write the per-epoch scalars as TensorBoard event files under `<run>/tensorboard/`.
+    #[serde(default)]
+    pub tensorboard: bool,
 }
 
 /// Early stopping and whether the best weights are restored at the end.
@@ -276,6 +284,8 @@ impl Default for TrainConfig {
             feature_cache: yes(),
             checkpoint_minutes: ten(),
             checkpoint_steps: None,
+            threshold: mura_metrics::Criterion::Kappa,
+            tensorboard: false,
         }
     }
 }

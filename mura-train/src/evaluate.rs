@@ -11,20 +11,22 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use candle_nn::VarMap;
-use mura_data::{BodyPart, ImageRecord, Manifest, Role};
-use mura_metrics::{BinaryReport, BootstrapConfig, Interval, MetricsError};
+use mura_augment::View;
+use mura_data::{BodyPart, ImageRecord, Role};
+use mura_metrics::{BinaryReport, BootstrapConfig, Criterion, Interval, MetricsError, Threshold};
 use mura_models::Model;
 use mura_models::checkpoint::{self, LoadOptions};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::config::RunConfig;
+use crate::ensemble::{Predictor, inputs};
 use crate::epoch::{Example, batches, predict};
 use crate::fit::{device, files, loader, pipelines};
 use crate::state::{OPTIM_PREFIX, write_durable};
 
 /// Which checkpoint of a run to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Weights {
     /// The weights the run ended with: the best epoch's (Keras' `restore_best_weights`), unless
@@ -58,6 +60,73 @@ impl Weights {
     }
 }
 
+/// Test-time augmentation: each image is predicted through several views and the probabilities
+/// averaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tta {
+    /// The image as it is.
+    #[default]
+    None,
+    /// The image and its mirror image.
+    Hflip,
+    /// The image rotated by each of [`TTA_ANGLES`] and not at all.
+    Rot,
+    /// Every combination of the two: six views.
+    HflipRot,
+}
+
+/// The rotations of [`Tta::Rot`], in degrees.
+pub const TTA_ANGLES: [f32; 2] = [-10.0, 10.0];
+
+impl Tta {
+    /// `none`, `hflip`, `rot` or `hflip+rot`.
+    pub fn parse(text: &str) -> Result<Self, TrainError> {
+        match text {
+            "none" => Ok(Tta::None),
+            "hflip" => Ok(Tta::Hflip),
+            "rot" => Ok(Tta::Rot),
+            "hflip+rot" | "rot+hflip" => Ok(Tta::HflipRot),
+            other => Err(TrainError::Config {
+                path: PathBuf::new(),
+                reason: format!(
+                    "unknown test-time augmentation `{other}` (none, hflip, rot, hflip+rot)"
+                ),
+            }),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tta::None => "none",
+            Tta::Hflip => "hflip",
+            Tta::Rot => "rot",
+            Tta::HflipRot => "hflip+rot",
+        }
+    }
+
+    /// The views whose probabilities are averaged; the first is the identity.
+    pub fn views(self) -> Vec<View> {
+        let flips: &[bool] = match self {
+            Tta::Hflip | Tta::HflipRot => &[false, true],
+            _ => &[false],
+        };
+        let angles: Vec<f32> = match self {
+            Tta::Rot | Tta::HflipRot => std::iter::once(0.0).chain(TTA_ANGLES).collect(),
+            _ => vec![0.0],
+        };
+        flips
+            .iter()
+            .flat_map(|&hflip| {
+                angles.iter().map(move |&angle_degrees| View {
+                    hflip,
+                    angle_degrees,
+                })
+            })
+            .collect()
+    }
+}
+
 /// A trained run, ready to predict.
 pub struct TrainedRun {
     pub dir: PathBuf,
@@ -65,6 +134,10 @@ pub struct TrainedRun {
     pub model: Model,
     pub varmap: VarMap,
     pub device: Device,
+    /// The decision threshold chosen on validation (`threshold.json`), when there is one.
+    pub threshold: Option<Threshold>,
+    /// The checkpoint loaded: `Best` or `Last`.
+    pub weights: Weights,
 }
 
 impl std::fmt::Debug for TrainedRun {
@@ -104,6 +177,8 @@ impl TrainedRun {
         )?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            threshold: load_threshold(dir)?,
+            weights: weights.resolve(&config),
             config,
             model,
             varmap,
@@ -111,8 +186,32 @@ impl TrainedRun {
         })
     }
 
-    /// Eval-mode probabilities of `paths`, in their order.
-    pub fn predict_paths(&self, paths: &[PathBuf], threads: usize) -> Result<Vec<f64>, TrainError> {
+    /// Eval-mode probabilities of `paths`, in their order, averaged over the views of `tta`.
+    pub fn predict_paths(
+        &self,
+        paths: &[PathBuf],
+        threads: usize,
+        tta: Tta,
+    ) -> Result<Vec<f64>, TrainError> {
+        let views = tta.views();
+        let mut sum = vec![0.0; paths.len()];
+        for view in &views {
+            for (s, p) in sum
+                .iter_mut()
+                .zip(self.predict_view(paths, threads, *view)?)
+            {
+                *s += p;
+            }
+        }
+        Ok(sum.into_iter().map(|s| s / views.len() as f64).collect())
+    }
+
+    fn predict_view(
+        &self,
+        paths: &[PathBuf],
+        threads: usize,
+        view: View,
+    ) -> Result<Vec<f64>, TrainError> {
         let examples: Arc<Vec<Example>> = Arc::new(
             paths
                 .iter()
@@ -124,6 +223,7 @@ impl TrainedRun {
                 .collect(),
         );
         let (_, eval) = pipelines(&self.config, &self.model)?;
+        let eval = eval.with_view(view)?;
         let mut lc = loader(&self.config, false);
         lc.threads = threads.max(1);
         let bs = self
@@ -140,6 +240,51 @@ impl TrainedRun {
         }
         Ok(out)
     }
+}
+
+/// The stored threshold of a run or ensemble directory, if one was chosen.
+pub fn load_threshold(dir: &Path) -> Result<Option<Threshold>, TrainError> {
+    let path = dir.join(files::THRESHOLD);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| TrainError::Config {
+                path,
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(TrainError::Config {
+            path,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Chooses the decision threshold that maximises `criterion` over the validation studies (a
+/// study's probability is the mean of its images') and stores it in `threshold.json`. `None` when
+/// the validation studies admit no choice (one class, or one distinct probability).
+pub fn choose_threshold(
+    predictor: &Predictor,
+    criterion: Criterion,
+    threads: usize,
+) -> Result<Option<Threshold>, TrainError> {
+    let items = predictor.records(Role::Val)?;
+    let probs = predictor.predict(&inputs(&items), threads, Tta::None)?;
+    let keys: Vec<&str> = items.iter().map(|i| i.record.study_key()).collect();
+    let labels: Vec<bool> = items.iter().map(|i| i.record.label).collect();
+    let studies = mura_metrics::aggregate_studies(&keys, &labels, &probs)?;
+    let s_labels: Vec<bool> = studies.iter().map(|s| s.label).collect();
+    let s_probs: Vec<f64> = studies.iter().map(|s| s.probability).collect();
+    let chosen = mura_metrics::choose_threshold(&s_labels, &s_probs, criterion)?;
+    if let Some(t) = chosen {
+        let path = predictor.dir().join(files::THRESHOLD);
+        let text = serde_json::to_string_pretty(&t).map_err(|e| TrainError::Unwritable {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        write_durable(&path, text.as_bytes())?;
+    }
+    Ok(chosen)
 }
 
 /// A metric with its bootstrap interval.
@@ -183,12 +328,25 @@ pub struct StudyPrediction {
 pub struct Evaluation {
     pub split: String,
     pub weights: Weights,
+    pub tta: Tta,
     pub images: Level,
     pub studies: Level,
+    /// The threshold chosen on validation, and the figures at it.
+    pub threshold: Option<Threshold>,
+    pub at_threshold: Option<AtThreshold>,
     #[serde(skip)]
     pub image_predictions: Vec<ImagePrediction>,
     #[serde(skip)]
     pub study_predictions: Vec<StudyPrediction>,
+}
+
+/// Scores at the chosen threshold (no intervals).
+#[derive(Debug, Clone, Serialize)]
+pub struct AtThreshold {
+    pub images: BinaryReport,
+    pub studies: BinaryReport,
+    /// Study level, per body part.
+    pub study_body_parts: BTreeMap<String, BinaryReport>,
 }
 
 type Metric = fn(&[bool], &[f64]) -> Result<Option<f64>, MetricsError>;
@@ -246,7 +404,24 @@ fn level(
     resamples: usize,
 ) -> Result<Level, TrainError> {
     let overall = scored(labels, probs, seed, resamples)?;
-    let mut body_parts = BTreeMap::new();
+    let body_parts = per_part(parts, labels, probs, |part, l, p| {
+        scored(l, p, seed ^ part.index() as u64, resamples)
+    })?;
+    Ok(Level {
+        overall,
+        body_parts,
+    })
+}
+
+/// `f(part, labels, probs)` of the samples of each body part present, keyed by the part's short
+/// name.
+pub fn per_part<T>(
+    parts: &[BodyPart],
+    labels: &[bool],
+    probs: &[f64],
+    mut f: impl FnMut(BodyPart, &[bool], &[f64]) -> Result<T, TrainError>,
+) -> Result<BTreeMap<String, T>, TrainError> {
+    let mut out = BTreeMap::new();
     for part in BodyPart::ALL {
         let idx: Vec<usize> = (0..parts.len()).filter(|&i| parts[i] == part).collect();
         if idx.is_empty() {
@@ -254,15 +429,9 @@ fn level(
         }
         let l: Vec<bool> = idx.iter().map(|&i| labels[i]).collect();
         let p: Vec<f64> = idx.iter().map(|&i| probs[i]).collect();
-        body_parts.insert(
-            part.short().to_string(),
-            scored(&l, &p, seed ^ part.index() as u64, resamples)?,
-        );
+        out.insert(part.short().to_string(), f(part, &l, &p)?);
     }
-    Ok(Level {
-        overall,
-        body_parts,
-    })
+    Ok(out)
 }
 
 /// How to evaluate.
@@ -273,6 +442,7 @@ pub struct EvaluateOptions {
     /// Bootstrap resamples for the intervals (0: none).
     pub resamples: usize,
     pub threads: usize,
+    pub tta: Tta,
 }
 
 impl Default for EvaluateOptions {
@@ -282,31 +452,28 @@ impl Default for EvaluateOptions {
             weights: Weights::Final,
             resamples: 1000,
             threads: 2,
+            tta: Tta::None,
         }
     }
 }
 
-/// Scores the run in `dir` on one role of its manifest and writes the prediction files and
-/// `metrics.json` into the run directory.
+/// Scores the run or ensemble in `dir` on one role of its split and writes the prediction files
+/// and `metrics.json` into that directory. The threshold chosen on validation is read from
+/// `threshold.json`, or chosen now and stored when there is none.
 pub fn evaluate(dir: &Path, options: EvaluateOptions) -> Result<Evaluation, TrainError> {
-    let run = TrainedRun::open(dir, options.weights, None)?;
-    let manifest = Manifest::load(&dir.join(files::SPLIT))?;
-    let records: Vec<ImageRecord> = manifest.role(options.role).cloned().collect();
-    if records.is_empty() {
-        return Err(TrainError::Config {
-            path: dir.join(files::SPLIT),
-            reason: format!("no {} images in the run's split", options.role.as_str()),
-        });
-    }
-    let root = run.config.data.root.clone().unwrap_or_default();
-    let (base, _) = mura_data::locate(&root)?;
-    let paths: Vec<PathBuf> = records.iter().map(|r| r.file(&base)).collect();
-    let probs = run.predict_paths(&paths, options.threads)?;
+    let predictor = Predictor::open(dir, options.weights, None)?;
+    let items = predictor.records(options.role)?;
+    let probs = predictor.predict(&inputs(&items), options.threads, options.tta)?;
+    let threshold = match predictor.threshold() {
+        Some(t) => Some(t),
+        None => choose_threshold(&predictor, predictor.criterion(), options.threads)?,
+    };
     let options = EvaluateOptions {
-        weights: options.weights.resolve(&run.config),
+        weights: predictor.weights(),
         ..options
     };
-    let ev = score(&records, &probs, options, run.config.seed)?;
+    let records: Vec<ImageRecord> = items.into_iter().map(|i| i.record).collect();
+    let ev = score(&records, &probs, options, predictor.seed(), threshold)?;
     write_predictions(dir, &ev)?;
     let metrics_path = dir.join(files::METRICS);
     let mut metrics: serde_json::Value = std::fs::read_to_string(&metrics_path)
@@ -334,6 +501,7 @@ pub fn score(
     probs: &[f64],
     options: EvaluateOptions,
     seed: u64,
+    threshold: Option<Threshold>,
 ) -> Result<Evaluation, TrainError> {
     let labels: Vec<bool> = records.iter().map(|r| r.label).collect();
     let parts: Vec<BodyPart> = records.iter().map(|r| r.body_part).collect();
@@ -364,11 +532,27 @@ pub fn score(
         seed ^ 0x5757,
         options.resamples,
     )?;
+    let at_threshold = match threshold {
+        Some(t) => {
+            let study_body_parts = per_part(&s_parts, &s_labels, &s_probs, |_, l, p| {
+                Ok(mura_metrics::evaluate(l, p, t.value)?)
+            })?;
+            Some(AtThreshold {
+                images: mura_metrics::evaluate(&labels, probs, t.value)?,
+                studies: mura_metrics::evaluate(&s_labels, &s_probs, t.value)?,
+                study_body_parts,
+            })
+        }
+        None => None,
+    };
     Ok(Evaluation {
         split: options.role.as_str().to_string(),
         weights: options.weights,
+        tta: options.tta,
         images,
         studies: study_level,
+        threshold,
+        at_threshold,
         image_predictions: records
             .iter()
             .zip(probs)
@@ -385,8 +569,14 @@ pub fn score(
 }
 
 /// Writes `predictions.csv` (`path,study,body_part,label,probability`) and
-/// `study_predictions.csv` (`study,body_part,label,probability`).
+/// `study_predictions.csv` (`study,body_part,label,probability`) of a test evaluation;
+/// `predictions_val.csv` and `study_predictions_val.csv` of a validation one.
 pub fn write_predictions(dir: &Path, ev: &Evaluation) -> Result<(), TrainError> {
+    let suffix = if ev.split == Role::Test.as_str() {
+        String::new()
+    } else {
+        format!("_{}", ev.split)
+    };
     let mut images = String::from("path,study,body_part,label,probability\n");
     for p in &ev.image_predictions {
         images.push_str(&format!(
@@ -398,7 +588,10 @@ pub fn write_predictions(dir: &Path, ev: &Evaluation) -> Result<(), TrainError> 
             p.probability
         ));
     }
-    write_durable(&dir.join("predictions.csv"), images.as_bytes())?;
+    write_durable(
+        &dir.join(format!("predictions{suffix}.csv")),
+        images.as_bytes(),
+    )?;
     let mut studies = String::from("study,body_part,label,probability\n");
     for s in &ev.study_predictions {
         studies.push_str(&format!(
@@ -409,7 +602,10 @@ pub fn write_predictions(dir: &Path, ev: &Evaluation) -> Result<(), TrainError> 
             s.probability
         ));
     }
-    write_durable(&dir.join("study_predictions.csv"), studies.as_bytes())
+    write_durable(
+        &dir.join(format!("study_predictions{suffix}.csv")),
+        studies.as_bytes(),
+    )
 }
 
 fn csv_field(s: &str) -> String {

@@ -46,10 +46,13 @@ pub mod files {
     pub const LAST: &str = "last.safetensors";
     pub const METRICS: &str = "metrics.json";
     pub const CURVES: &str = "curves.png";
+    pub const THRESHOLD: &str = "threshold.json";
+    /// Marks an ensemble directory (instead of `config.toml`).
+    pub const ENSEMBLE: &str = "ensemble.toml";
 }
 
 /// Streams of the run's one seed.
-const STREAM_SPLIT: u64 = 1;
+pub(crate) const STREAM_SPLIT: u64 = 1;
 const STREAM_LOADER: u64 = 2;
 const STREAM_AUGMENT: u64 = 3;
 
@@ -583,6 +586,14 @@ pub fn fit(
     };
 
     let mut checkpoint_clock = CheckpointClock::new(t, s.state.global_step);
+    // One event file per process; a resumed run adds a file, which TensorBoard merges.
+    let mut events = if t.tensorboard {
+        Some(crate::tensorboard::EventWriter::create(
+            &dir.join(crate::tensorboard::DIR),
+        )?)
+    } else {
+        None
+    };
     let mut end = None;
     // (train, val) features of the frozen backbone; `None` inside once found too large.
     let mut cache: Option<Option<(FeatureCache, FeatureCache)>> = None;
@@ -764,6 +775,9 @@ pub fn fit(
         checkpoint_clock.saved(s.state.global_step);
         history::write(&dir.join(files::HISTORY), &s.state.history)?;
         crate::plot::write_curves(&dir.join(files::CURVES), &s.state.history)?;
+        if let Some(w) = &mut events {
+            w.epoch(&row)?;
+        }
         observer.epoch_end(&row, better);
         if let Some(r) = stop_reason {
             end = Some(FitEnd::Finished(r));
@@ -787,6 +801,23 @@ pub fn fit(
             },
         )?;
         state::write_durable(&dir.join(files::METRICS), json.as_bytes())?;
+        // The decision threshold, chosen on the validation studies with the final weights.
+        drop(s);
+        let run = crate::ensemble::Predictor::open(
+            dir,
+            crate::evaluate::Weights::Final,
+            Some(&config.device),
+        )?;
+        if let Some(t) = crate::evaluate::choose_threshold(&run, t.threshold, config.data.threads)?
+        {
+            observer.message(&format!(
+                "threshold {:.4} (maximum {} on the validation studies: {:.4}) stored in {}",
+                t.value,
+                t.criterion.as_str(),
+                t.score,
+                files::THRESHOLD
+            ));
+        }
     }
     Ok(out)
 }

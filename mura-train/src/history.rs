@@ -78,6 +78,71 @@ pub fn to_csv(rows: &[HistoryRow]) -> String {
     out
 }
 
+/// Reads `history.csv` back; a malformed line is named by its number.
+pub fn read(path: &Path) -> Result<Vec<HistoryRow>, TrainError> {
+    let bad = |reason: String| TrainError::Config {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let mut lines = text.lines();
+    if lines.next() != Some(HISTORY_HEADER.join(",").as_str()) {
+        return Err(bad(format!(
+            "line 1: the header is not `{}`",
+            HISTORY_HEADER.join(",")
+        )));
+    }
+    lines
+        .enumerate()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(i, line)| {
+            let f: Vec<&str> = line.split(',').collect();
+            let at = |reason: &str| bad(format!("line {}: {reason}", i + 2));
+            if f.len() != HISTORY_HEADER.len() {
+                return Err(at(&format!(
+                    "{} fields, expected {}",
+                    f.len(),
+                    HISTORY_HEADER.len()
+                )));
+            }
+            let num = |k: usize| -> Result<f64, TrainError> {
+                f[k].parse::<f64>()
+                    .map_err(|_| at(&format!("{} `{}` is not a number", HISTORY_HEADER[k], f[k])))
+            };
+            let opt = |k: usize| -> Result<Option<f64>, TrainError> {
+                if f[k].is_empty() {
+                    Ok(None)
+                } else {
+                    num(k).map(Some)
+                }
+            };
+            let int = |k: usize| -> Result<u32, TrainError> {
+                f[k].parse::<u32>().map_err(|_| {
+                    at(&format!(
+                        "{} `{}` is not a whole number",
+                        HISTORY_HEADER[k], f[k]
+                    ))
+                })
+            };
+            Ok(HistoryRow {
+                epoch: int(0)?,
+                stage: int(1)?,
+                train_loss: num(2)?,
+                train_auc: opt(3)?,
+                train_accuracy: opt(4)?,
+                train_kappa: opt(5)?,
+                val_loss: num(6)?,
+                val_auc: opt(7)?,
+                val_accuracy: opt(8)?,
+                val_kappa: opt(9)?,
+                lr: num(10)?,
+                seconds: num(11)?,
+                images_per_sec: num(12)?,
+            })
+        })
+        .collect()
+}
+
 /// Writes `history.csv` atomically.
 pub fn write(path: &Path, rows: &[HistoryRow]) -> Result<(), TrainError> {
     write_durable(path, to_csv(rows).as_bytes())
@@ -85,6 +150,7 @@ pub fn write(path: &Path, rows: &[HistoryRow]) -> Result<(), TrainError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -104,7 +170,17 @@ mod tests {
             seconds: 2.5,
             images_per_sec: 40.0,
         };
-        let csv = to_csv(&[row]);
+        let csv = to_csv(std::slice::from_ref(&row));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.csv");
+        std::fs::write(&path, &csv).unwrap();
+        assert_eq!(read(&path).unwrap(), vec![row.clone()]);
+        std::fs::write(&path, csv.replace("0.400000", "x")).unwrap();
+        let err = read(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2: val_loss `x` is not a number"),
+            "{err}"
+        );
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].split(',').count(), 13);

@@ -3,8 +3,11 @@
 pub mod bench;
 pub mod cache;
 pub mod config;
+pub mod cv;
+pub mod ensemble;
 pub mod epoch;
 pub mod evaluate;
+pub mod explain;
 pub mod fit;
 pub mod history;
 pub mod lock;
@@ -12,18 +15,21 @@ pub mod loss;
 pub mod optim;
 pub mod plot;
 pub mod policy;
+pub mod report;
 pub mod schedule;
 pub mod state;
+pub mod tensorboard;
 
 pub use config::{
     Augment, ClassWeighting, DataConfig, EarlyStoppingSettings, FineTune, Freeze, PretrainedConfig,
     RunConfig, TrainConfig,
 };
+pub use ensemble::{EnsembleMode, Input, Predictor, create_ensemble};
 pub use epoch::{
     Batch, Batches, EpochEnd, EpochProgress, EpochStats, Example, batches, batches_from, predict,
     step_seed, train_epoch, train_epoch_with,
 };
-pub use evaluate::{EvaluateOptions, Evaluation, TrainedRun, Weights, evaluate};
+pub use evaluate::{EvaluateOptions, Evaluation, TrainedRun, Tta, Weights, evaluate};
 pub use fit::{FitEnd, FitOptions, FitSummary, Observer, RunData, Silent, create_run_dir, fit};
 pub use history::HistoryRow;
 pub use loss::{bce_with_logits, l2_penalty};

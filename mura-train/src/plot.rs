@@ -16,7 +16,7 @@ use crate::history::HistoryRow;
 use crate::state::write_durable;
 
 /// The font family plots are labelled with.
-const FONT: &str = "mura-sans";
+pub(crate) const FONT: &str = "mura-sans";
 static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
 
 /// Colours of successive series (matplotlib's first five).
@@ -48,13 +48,23 @@ pub struct Panel {
     pub series: Vec<Series>,
     /// Fixed y range (e.g. 0..1 for AUC); fitted to the data when absent.
     pub y_range: Option<(f64, f64)>,
+    /// Where the legend goes: out of the way of the curves (lower right for rising metrics).
+    pub legend: Legend,
 }
 
-fn plot_error(e: impl std::fmt::Display) -> TrainError {
+/// The corner of a panel that holds its legend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Legend {
+    #[default]
+    UpperRight,
+    LowerRight,
+}
+
+pub(crate) fn plot_error(e: impl std::fmt::Display) -> TrainError {
     TrainError::Plot(e.to_string())
 }
 
-fn register_font() -> Result<(), TrainError> {
+pub(crate) fn register_font() -> Result<(), TrainError> {
     static DONE: OnceLock<bool> = OnceLock::new();
     let ok = *DONE.get_or_init(|| {
         plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES).is_ok()
@@ -179,7 +189,10 @@ fn draw_panel(
             .label_font((FONT, 12))
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(200, 200, 200))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(match panel.legend {
+                Legend::UpperRight => SeriesLabelPosition::UpperRight,
+                Legend::LowerRight => SeriesLabelPosition::LowerRight,
+            })
             .draw()
             .map_err(plot_error)?;
     }
@@ -272,6 +285,12 @@ pub fn curve_panels(runs: &[(&str, &[HistoryRow])]) -> Vec<Panel> {
                 .flat_map(|(i, (name, h))| train_val_series(h, name, colors(i), metric))
                 .collect(),
             y_range,
+            // Loss falls, so its upper right is free; the other metrics rise towards it.
+            legend: if title == "loss" {
+                Legend::UpperRight
+            } else {
+                Legend::LowerRight
+            },
         })
         .collect()
 }
