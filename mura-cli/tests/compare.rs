@@ -193,9 +193,15 @@ fn thresholds_tta_explain_ensembles_and_report() {
     ]);
     let ev: serde_json::Value = serde_json::from_str(&tta).unwrap();
     assert_eq!(ev["tta"], "hflip");
-    assert!(
-        ev["at_threshold"]["studies"]["kappa"].is_number()
-            || ev["at_threshold"]["studies"]["kappa"].is_null()
+    // The stored threshold, and the study figures at it, next to the ones at 0.5.
+    let value = ev["threshold"]["value"].as_f64().unwrap();
+    assert_eq!(
+        ev["at_threshold"]["studies"]["threshold"].as_f64(),
+        Some(value)
+    );
+    assert_eq!(
+        ev["at_threshold"]["studies"]["n"],
+        ev["studies"]["overall"]["report"]["n"]
     );
     // The mirrored view changes the probabilities (the synthetic findings are not symmetric).
     let plain_preds = fs::read_to_string(a.join("predictions.csv")).unwrap();
@@ -319,6 +325,16 @@ fn thresholds_tta_explain_ensembles_and_report() {
     let pred: serde_json::Value =
         serde_json::from_str(&ok(&["predict", s(&mean), s(&image), "--json"])).unwrap();
     assert!((0.0..=1.0).contains(&pred[0]["probability"].as_f64().unwrap()));
+    // Predict with test-time augmentation: the mean over the image and its two rotations.
+    let p = |tta: &str| -> f64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(&["predict", s(&a), s(&image), "--tta", tta, "--json"]))
+                .unwrap();
+        v[0]["probability"].as_f64().unwrap()
+    };
+    let (plain, rotated) = (p("none"), p("rot"));
+    assert!((0.0..=1.0).contains(&rotated));
+    assert_ne!(plain, rotated);
     fails_with(
         &[
             "ensemble",
