@@ -316,19 +316,21 @@ pub fn read_events(path: &Path) -> Result<Vec<Event>, TrainError> {
             return Err(bad(path, format!("record {n}: length CRC mismatch")));
         }
         let len = u64::from_le_bytes(len_bytes.try_into().unwrap_or([0; 8]));
-        let len = usize::try_from(len).map_err(|_| bad(path, "record too long"))?;
-        let body = data
-            .get(at + 12..at + 12 + len)
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| (at + 12).checked_add(len))
+            .filter(|&end| end <= data.len())
             .ok_or_else(|| bad(path, format!("record {n}: truncated data")))?;
+        let body = &data[at + 12..end];
         let crc = data
-            .get(at + 12 + len..at + 16 + len)
+            .get(end..end + 4)
             .ok_or_else(|| bad(path, format!("record {n}: truncated data CRC")))?;
         if masked_crc(body).to_le_bytes() != crc {
             return Err(bad(path, format!("record {n}: data CRC mismatch")));
         }
         events
             .push(parse_event(body).ok_or_else(|| bad(path, format!("record {n}: not an Event")))?);
-        at += 16 + len;
+        at = end + 4;
     }
     Ok(events)
 }
@@ -385,5 +387,12 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let err = read_events(&path).unwrap_err().to_string();
         assert!(err.contains("record 1: truncated"), "{err}");
+        // A length near u64::MAX (with its CRC right) is refused, not added past the end.
+        let huge = u64::MAX.to_le_bytes();
+        let mut forged = huge.to_vec();
+        forged.extend_from_slice(&masked_crc(&huge).to_le_bytes());
+        std::fs::write(&path, &forged).unwrap();
+        let err = read_events(&path).unwrap_err().to_string();
+        assert!(err.contains("record 0: truncated data"), "{err}");
     }
 }
