@@ -55,6 +55,16 @@ pub struct EnsembleDef {
     pub members: Vec<PathBuf>,
 }
 
+impl EnsembleDef {
+    /// Reads `dir/ensemble.toml` (without opening the members).
+    pub fn load(dir: &Path) -> Result<Self, TrainError> {
+        let path = dir.join(files::ENSEMBLE);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| config_error(&path, e.to_string()))?;
+        toml::from_str(&text).map_err(|e| config_error(&path, e.to_string()))
+    }
+}
+
 /// An image to predict, with its body part when known (per-part ensembles route by it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Input {
@@ -88,6 +98,8 @@ pub struct Ensemble {
     pub def: EnsembleDef,
     pub members: Vec<TrainedRun>,
     pub threshold: Option<Threshold>,
+    /// Each member's `data.body_parts` (empty: every part), parsed once for routing.
+    parts: Vec<Vec<BodyPart>>,
 }
 
 impl std::fmt::Debug for Ensemble {
@@ -109,12 +121,7 @@ fn config_error(path: &Path, reason: String) -> TrainError {
 impl Ensemble {
     /// Opens `dir/ensemble.toml` and its members.
     pub fn open(dir: &Path, device: Option<&str>) -> Result<Self, TrainError> {
-        let path = dir.join(files::ENSEMBLE);
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| config_error(&path, e.to_string()))?;
-        let def: EnsembleDef =
-            toml::from_str(&text).map_err(|e| config_error(&path, e.to_string()))?;
-        Self::from_def(dir, def, device)
+        Self::from_def(dir, EnsembleDef::load(dir)?, device)
     }
 
     fn from_def(dir: &Path, def: EnsembleDef, device: Option<&str>) -> Result<Self, TrainError> {
@@ -146,6 +153,7 @@ impl Ensemble {
         let e = Self {
             dir: dir.to_path_buf(),
             threshold: load_threshold(dir)?,
+            parts: members.iter().map(|m| m.config.body_parts()).collect(),
             def,
             members,
         };
@@ -153,7 +161,9 @@ impl Ensemble {
             let general: Vec<&TrainedRun> = e
                 .members
                 .iter()
-                .filter(|m| m.config.body_parts().is_empty())
+                .zip(&e.parts)
+                .filter(|(_, parts)| parts.is_empty())
+                .map(|(m, _)| m)
                 .collect();
             if let [a, b, ..] = general.as_slice() {
                 return Err(config_error(
@@ -166,8 +176,8 @@ impl Ensemble {
                 ));
             }
             let mut owner: BTreeMap<BodyPart, &Path> = BTreeMap::new();
-            for m in &e.members {
-                for part in m.config.body_parts() {
+            for (m, parts) in e.members.iter().zip(&e.parts) {
+                for &part in parts {
                     if let Some(other) = owner.insert(part, &m.dir) {
                         return Err(config_error(
                             &path,
@@ -188,14 +198,10 @@ impl Ensemble {
     /// part alone, else one trained on every part; `None` in the other modes (all predict).
     fn route(&self, part: Option<BodyPart>) -> Option<usize> {
         let part = part?;
-        self.members
+        self.parts
             .iter()
-            .position(|m| m.config.body_parts().contains(&part))
-            .or_else(|| {
-                self.members
-                    .iter()
-                    .position(|m| m.config.body_parts().is_empty())
-            })
+            .position(|p| p.contains(&part))
+            .or_else(|| self.parts.iter().position(Vec::is_empty))
     }
 
     /// The members responsible for an image of `part`.

@@ -18,7 +18,7 @@ use mura_metrics::{BinaryReport, Threshold};
 use serde::Serialize;
 
 use crate::TrainError;
-use crate::ensemble::Predictor;
+use crate::ensemble::EnsembleDef;
 use crate::evaluate::{EvaluateOptions, Tta, Weights, evaluate, load_threshold, per_part};
 use crate::fit::files;
 use crate::history::{self, HistoryRow};
@@ -211,13 +211,9 @@ pub fn entry(dir: &Path, threads: usize) -> Result<Entry, TrainError> {
         Vec::new()
     };
     let model = if dir.join(files::ENSEMBLE).exists() {
-        let ens = Predictor::open(dir, Weights::Final, Some("cpu"))?;
-        match ens {
-            Predictor::Ensemble(e) => {
-                format!("ensemble ({} of {})", e.def.mode.as_str(), e.members.len())
-            }
-            Predictor::Run(_) => String::new(),
-        }
+        // The definition is enough to describe it: no member is loaded.
+        let def = EnsembleDef::load(dir)?;
+        format!("ensemble ({} of {})", def.mode.as_str(), def.members.len())
     } else {
         let config = crate::config::RunConfig::load(&dir.join(files::CONFIG))?;
         format!("{} @{}", config.model.arch, config.model.input_size())
