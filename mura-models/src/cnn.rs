@@ -3,10 +3,10 @@
 //! self-attention layer on the last feature map, and a dense head with dropout.
 
 use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{BatchNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::{Conv, ConvConfig, Noise, conv, linear_forward};
+use crate::layers::{BatchNorm, Conv, ConvConfig, Noise, batch_norm, conv, linear_forward};
 use crate::{ModelError, Pool2d};
 
 /// How the number of filters changes from block to block.
@@ -457,11 +457,7 @@ impl Cnn {
                     .bias(true);
                 let conv = conv(c_in, c, cfg, vb_c.pp("conv"))?;
                 let bn = if config.batch_norm {
-                    Some(candle_nn::batch_norm(
-                        c,
-                        candle_nn::BatchNormConfig::default(),
-                        vb_c.pp("bn"),
-                    )?)
+                    Some(batch_norm(c, 1e-5, vb_c.pp("bn"))?)
                 } else {
                     None
                 };
@@ -571,10 +567,10 @@ impl Cnn {
             let mut x = x.clone();
             for unit in &block.convs {
                 x = unit.conv.forward(&x)?;
-                if let Some(bn) = &unit.bn {
-                    x = bn.forward_t(&x, train)?;
-                }
-                x = x.relu()?;
+                x = match &unit.bn {
+                    Some(bn) => bn.forward_act(&x, train, true)?,
+                    None => x.relu()?,
+                };
             }
             x = self
                 .noise

@@ -5,12 +5,12 @@
 //! input; transitions halve the channels (BN-ReLU-Conv1×1) and the size (2×2 average pool); a last
 //! BN-ReLU (`features.norm5`) ends the features.
 
-use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
-use crate::layers::{Conv, ConvConfig, batch_norm, conv};
+use crate::layers::{BatchNorm, Conv, ConvConfig, batch_norm, conv};
 use crate::pool::Pool2d;
 
 const EPS: f64 = 1e-5;
@@ -87,7 +87,7 @@ struct BnAct(BatchNorm);
 
 impl BnAct {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.0.forward_t(x, train)?.relu()
+        self.0.forward_act(x, train, true)
     }
 }
 

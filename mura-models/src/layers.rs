@@ -4,8 +4,10 @@
 use std::cell::Cell;
 use std::sync::Mutex;
 
-use candle_core::{D, Module, ModuleT, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder};
+use candle_core::{D, DType, Module, ModuleT, Tensor, Var};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::kernels::{self, Conv2dParams};
 
 thread_local! {
     static MACS: Cell<Option<u64>> = const { Cell::new(None) };
@@ -161,6 +163,19 @@ impl Module for Conv {
             let used = (out - 1) * s + span;
             Ok((used, used != size + 2 * p))
         };
+        if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            let params = Conv2dParams {
+                stride: (s, s),
+                padding: (ph, pw),
+                dilation: (d, d),
+            };
+            let y = kernels::conv2d(x, &self.weight, params)?;
+            add_macs((y.elem_count() * c_in * kh * kw) as u64);
+            return match &self.bias {
+                Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+                None => Ok(y),
+            };
+        }
         let (used_h, rest_h) = reach(h, ph, kh)?;
         let (used_w, rest_w) = reach(w, pw, kw)?;
         // candle 0.11.1's conv2d backward derives one output padding from the height and applies it
@@ -192,16 +207,82 @@ pub fn linear_forward(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
     l.forward(x)
 }
 
-/// BatchNorm with PyTorch's names (`weight`, `bias`, `running_mean`, `running_var`), momentum 0.1.
+/// BatchNorm over the channels of N×C×H×W maps, with PyTorch's names (`weight`, `bias`,
+/// `running_mean`, `running_var`) and momentum 0.1 (running variance unbiased, as PyTorch). On CPU
+/// in f32 it runs the fused single-pass kernels of [`crate::kernels`] (with the following ReLU
+/// fused by [`BatchNorm::forward_act`]); elsewhere candle-nn's BatchNorm.
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    eps: f64,
+    fallback: candle_nn::BatchNorm,
+}
+
+const BN_MOMENTUM: f64 = 0.1;
+
+/// A BatchNorm of `c` channels under `vb` (scale 1, shift 0, running mean 0 and variance 1 when new).
 pub fn batch_norm(c: usize, eps: f64, vb: VarBuilder<'_>) -> candle_core::Result<BatchNorm> {
-    candle_nn::batch_norm(
+    if eps.is_nan() || eps < 0.0 {
+        candle_core::bail!("batch norm eps must be a non-negative number, got {eps}")
+    }
+    let running_mean =
+        Var::from_tensor(&vb.get_with_hints(c, "running_mean", candle_nn::Init::Const(0.))?)?;
+    let running_var =
+        Var::from_tensor(&vb.get_with_hints(c, "running_var", candle_nn::Init::Const(1.))?)?;
+    let weight = vb.get_with_hints(c, "weight", candle_nn::Init::Const(1.))?;
+    let bias = vb.get_with_hints(c, "bias", candle_nn::Init::Const(0.))?;
+    // Shares the running statistics (they are variables, so no copy is made).
+    let fallback = candle_nn::BatchNorm::new_with_momentum(
         c,
-        BatchNormConfig {
-            eps,
-            ..BatchNormConfig::default()
-        },
-        vb,
-    )
+        running_mean.as_tensor().clone(),
+        running_var.as_tensor().clone(),
+        weight.clone(),
+        bias.clone(),
+        eps,
+        BN_MOMENTUM,
+    )?;
+    Ok(BatchNorm {
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        eps,
+        fallback,
+    })
+}
+
+impl BatchNorm {
+    /// Normalises `x` (batch statistics in training, updating the running ones; running ones
+    /// otherwise), then applies ReLU when `relu`.
+    pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
+        if !(x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4) {
+            let y = self.fallback.forward_t(x, train)?;
+            return if relu { y.relu() } else { Ok(y) };
+        }
+        if !train {
+            let (rm, rv) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
+            return kernels::batch_norm_eval(x, &self.weight, &self.bias, rm, rv, self.eps, relu);
+        }
+        let (y, mean, var) =
+            kernels::batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
+        let (n, _, h, w) = x.dims4()?;
+        let m = (n * h * w) as f64;
+        let keep = 1.0 - BN_MOMENTUM;
+        let rm = ((self.running_mean.as_tensor() * keep)? + (mean * BN_MOMENTUM)?)?;
+        let rv = ((self.running_var.as_tensor() * keep)? + (var * (BN_MOMENTUM * m / (m - 1.0)))?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        Ok(y)
+    }
+}
+
+impl ModuleT for BatchNorm {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.forward_act(x, train, false)
+    }
 }
 
 /// Convolution (no bias) → BatchNorm → ReLU, named `{conv, bn}` as timm's `ConvNormAct`.
@@ -226,7 +307,7 @@ pub fn conv_bn_act(
 
 impl ModuleT for ConvBnAct {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)?.relu()
+        self.bn.forward_act(&self.conv.forward(x)?, train, true)
     }
 }
 

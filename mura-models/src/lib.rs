@@ -8,6 +8,7 @@ pub mod head;
 pub mod hub;
 pub mod inception;
 pub mod init;
+pub mod kernels;
 pub mod layers;
 pub mod model;
 pub mod pool;

@@ -7,11 +7,11 @@
 //! convolution with BatchNorm projects the shortcut when the stride or width changes.
 
 use candle_core::{Module, ModuleT, Tensor};
-use candle_nn::{BatchNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
-use crate::layers::{Conv, ConvConfig, batch_norm, conv};
+use crate::layers::{BatchNorm, Conv, ConvConfig, batch_norm, conv};
 use crate::pool::Pool2d;
 
 const EPS: f64 = 1e-5;
@@ -135,10 +135,7 @@ impl Block {
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, (c, bn)) in self.convs.iter().enumerate() {
-            y = bn.forward_t(&c.forward(&y)?, train)?;
-            if i < last {
-                y = y.relu()?;
-            }
+            y = bn.forward_act(&c.forward(&y)?, train, i < last)?;
         }
         let shortcut = match &self.downsample {
             Some((c, bn)) => bn.forward_t(&c.forward(x)?, train)?,
@@ -234,7 +231,7 @@ impl ResNet {
         };
         match stage {
             Stage::Stem { conv1, bn1 } => {
-                Pool2d::max(3, 2, 1).forward(&bn1.forward_t(&conv1.forward(x)?, train)?.relu()?)
+                Pool2d::max(3, 2, 1).forward(&bn1.forward_act(&conv1.forward(x)?, train, true)?)
             }
             Stage::Layer(blocks) => {
                 let mut y = x.clone();

@@ -1,0 +1,698 @@
+//! 2-D convolution on CPU: im2col + one GEMM per image forward; backward the weight gradient as
+//! Σ dY·colsᵀ (no output wider than needed, unlike candle's strided-conv trick) and the input
+//! gradient as col2im(Wᵀ·dY), skipped when the input needs no gradient (the image itself).
+//!
+//! A 1×1 convolution with stride 1 and no padding (DenseNet's bottlenecks, ResNet's projections)
+//! skips im2col: the image already is its column matrix. Work is spread over the images of the
+//! batch when there are at least as many as threads (each GEMM serial), otherwise over each
+//! GEMM. Sums run in a fixed order, so results do not depend on the thread count.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{Stored, sgemm};
+use super::{f32_slice, per_image_parallel};
+
+/// Stride, zero padding and dilation of a convolution, each (height, width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dParams {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Self {
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+        }
+    }
+}
+
+/// The output length of one axis, `None` when the kernel span does not fit the padded input.
+fn out_len(size: usize, pad: usize, k: usize, stride: usize, dilation: usize) -> Option<usize> {
+    let span = dilation * (k - 1) + 1;
+    (size + 2 * pad >= span).then(|| (size + 2 * pad - span) / stride + 1)
+}
+
+/// The output positions `o` of one axis whose input `o·stride + offset` lies in `0..size`.
+fn valid(offset: isize, stride: usize, size: usize, out: usize) -> (usize, usize) {
+    let s = stride as isize;
+    let lo = if offset >= 0 {
+        0
+    } else {
+        (-offset + s - 1) / s
+    };
+    let hi = (size as isize - offset + s - 1).div_euclid(s);
+    let (lo, hi) = (lo.clamp(0, out as isize), hi.clamp(0, out as isize));
+    (lo as usize, hi.max(lo) as usize)
+}
+
+/// The sizes of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+    p: Conv2dParams,
+}
+
+impl Geom {
+    fn new(x: &[usize], weight: &[usize], p: Conv2dParams) -> candle_core::Result<Self> {
+        let (&[n, c, h, w], &[o, ci, kh, kw]) = (x, weight) else {
+            candle_core::bail!("conv2d: input {x:?} and weight {weight:?} must both be 4-D")
+        };
+        if ci != c {
+            candle_core::bail!("conv2d: input has {c} channels, the weight {weight:?} expects {ci}")
+        }
+        let (sh, sw) = p.stride;
+        let (dh, dw) = p.dilation;
+        if sh == 0 || sw == 0 || dh == 0 || dw == 0 || kh == 0 || kw == 0 {
+            candle_core::bail!("conv2d: kernel, stride and dilation must be positive ({p:?})")
+        }
+        let ho = out_len(h, p.padding.0, kh, sh, dh);
+        let wo = out_len(w, p.padding.1, kw, sw, dw);
+        let (Some(ho), Some(wo)) = (ho, wo) else {
+            candle_core::bail!(
+                "conv2d: input {h}×{w} with padding {:?} is smaller than the kernel {kh}×{kw} at dilation {:?}",
+                p.padding,
+                p.dilation
+            )
+        };
+        Ok(Self {
+            n,
+            c,
+            h,
+            w,
+            o,
+            kh,
+            kw,
+            ho,
+            wo,
+            p,
+        })
+    }
+
+    /// Rows of the column matrix (C·kh·kw).
+    fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    /// Output positions per image.
+    fn l(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    fn image(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// The image is its own column matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.p.stride == (1, 1) && self.p.padding == (0, 0)
+    }
+
+    /// For column-matrix row `r`: its input channel, and the (row, column) offsets of its kernel
+    /// tap relative to output position 0.
+    fn tap(&self, r: usize) -> (usize, isize, isize) {
+        let (ci, ky, kx) = (
+            r / (self.kh * self.kw),
+            (r / self.kw) % self.kh,
+            r % self.kw,
+        );
+        let oy = (ky * self.p.dilation.0) as isize - self.p.padding.0 as isize;
+        let ox = (kx * self.p.dilation.1) as isize - self.p.padding.1 as isize;
+        (ci, oy, ox)
+    }
+
+    /// Column matrix (K×L) of one image (C×H×W).
+    fn im2col(&self, x: &[f32], cols: &mut [f32], parallel: bool) {
+        let l = self.l();
+        let fill = |(r, row): (usize, &mut [f32])| {
+            let (ci, off_y, off_x) = self.tap(r);
+            let plane = &x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
+            let (x0, x1) = valid(off_x, self.p.stride.1, self.w, self.wo);
+            for (oy, out) in row.chunks_mut(self.wo).enumerate() {
+                let iy = (oy * self.p.stride.0) as isize + off_y;
+                if iy < 0 || iy >= self.h as isize {
+                    out.fill(0.0);
+                    continue;
+                }
+                let src = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
+                out[..x0].fill(0.0);
+                out[x1..].fill(0.0);
+                let start = (x0 * self.p.stride.1) as isize + off_x;
+                if self.p.stride.1 == 1 {
+                    let s = start as usize;
+                    out[x0..x1].copy_from_slice(&src[s..s + (x1 - x0)]);
+                } else {
+                    let taken = src[start as usize..].iter().step_by(self.p.stride.1);
+                    for (o, v) in out[x0..x1].iter_mut().zip(taken) {
+                        *o = *v;
+                    }
+                }
+            }
+        };
+        if parallel {
+            cols.par_chunks_mut(l).enumerate().for_each(fill);
+        } else {
+            cols.chunks_mut(l).enumerate().for_each(fill);
+        }
+    }
+
+    /// Adds a column matrix (K×L) back into an image gradient (C×H×W), which it overwrites.
+    fn col2im(&self, cols: &[f32], dx: &mut [f32], parallel: bool) {
+        let (l, taps) = (self.l(), self.kh * self.kw);
+        let plane_len = self.h * self.w;
+        let add = |(ci, plane): (usize, &mut [f32])| {
+            plane.fill(0.0);
+            for r in ci * taps..(ci + 1) * taps {
+                let (_, off_y, off_x) = self.tap(r);
+                let (x0, x1) = valid(off_x, self.p.stride.1, self.w, self.wo);
+                let row = &cols[r * l..(r + 1) * l];
+                for (oy, g) in row.chunks(self.wo).enumerate() {
+                    let iy = (oy * self.p.stride.0) as isize + off_y;
+                    if iy < 0 || iy >= self.h as isize || x0 == x1 {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * self.w..(iy as usize + 1) * self.w];
+                    let start = ((x0 * self.p.stride.1) as isize + off_x) as usize;
+                    let targets = dst[start..].iter_mut().step_by(self.p.stride.1);
+                    for (d, v) in targets.zip(&g[x0..x1]) {
+                        *d += *v;
+                    }
+                }
+            }
+        };
+        if parallel {
+            dx.par_chunks_mut(plane_len).enumerate().for_each(add);
+        } else {
+            dx.chunks_mut(plane_len).enumerate().for_each(add);
+        }
+    }
+
+    fn check_grad(&self, grad: &[usize]) -> candle_core::Result<()> {
+        if grad != [self.n, self.o, self.ho, self.wo] {
+            candle_core::bail!(
+                "conv2d backward: gradient {grad:?} does not match the output {:?}",
+                [self.n, self.o, self.ho, self.wo]
+            )
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f(image index, output slot, scratch, parallel kernels)` over the images of a batch:
+/// spread over threads image by image when there are enough images, else one at a time.
+fn for_each_image(
+    out: &mut [f32],
+    per_image: usize,
+    n: usize,
+    f: impl Fn(usize, &mut [f32], &mut Vec<f32>, bool) -> candle_core::Result<()> + Sync,
+) -> candle_core::Result<()> {
+    if per_image == 0 {
+        return Ok(());
+    }
+    if per_image_parallel(n) {
+        out.par_chunks_mut(per_image)
+            .enumerate()
+            .try_for_each_init(Vec::new, |scratch, (i, slot)| f(i, slot, scratch, false))
+    } else {
+        let mut scratch = Vec::new();
+        for (i, slot) in out.chunks_mut(per_image).enumerate() {
+            f(i, slot, &mut scratch, true)?;
+        }
+        Ok(())
+    }
+}
+
+/// The convolution of N×C×H×W `x` with an O×C×kh×kw `weight`, as a custom op with its backward.
+/// f32 on CPU only; [`crate::layers::Conv`] falls back to candle elsewhere.
+pub fn conv2d(x: &Tensor, weight: &Tensor, params: Conv2dParams) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, Conv2dOp(params))
+}
+
+struct Conv2dOp(Conv2dParams);
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "mura-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.0)?;
+        let x = f32_slice(s1, l1, "conv2d")?;
+        let w = f32_slice(s2, l2, "conv2d")?;
+        let (k, l) = (g.k(), g.l());
+        let mut y = vec![0f32; g.n * g.o * l];
+        for_each_image(&mut y, g.o * l, g.n, |i, yi, cols, par| {
+            let xi = &x[i * g.image()..(i + 1) * g.image()];
+            let b: &[f32] = if g.pointwise() {
+                xi
+            } else {
+                cols.resize(k * l, 0.0);
+                g.im2col(xi, cols, par);
+                cols
+            };
+            sgemm(
+                (g.o, l, k),
+                w,
+                Stored::AsIs,
+                b,
+                Stored::AsIs,
+                yi,
+                false,
+                par,
+            )
+        })?;
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = if x.track_op() {
+            let (_, _, h, w) = x.dims4()?;
+            Some(weight.apply_op2_no_bwd(&grad, &ConvGradInput(self.0, (h, w)))?)
+        } else {
+            None
+        };
+        let dw = if weight.track_op() {
+            let (_, _, kh, kw) = weight.dims4()?;
+            Some(x.apply_op2_no_bwd(&grad, &ConvGradWeight(self.0, (kh, kw)))?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// (weight, output gradient) → input gradient, for an input of the given height and width.
+struct ConvGradInput(Conv2dParams, (usize, usize));
+
+impl CustomOp2 for ConvGradInput {
+    fn name(&self) -> &'static str {
+        "mura-conv2d-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (&[o, c, _, _], &[n, ..]) = (l1.dims(), l2.dims()) else {
+            candle_core::bail!(
+                "conv2d backward: weight {:?}, gradient {:?}",
+                l1.dims(),
+                l2.dims()
+            )
+        };
+        let (h, w) = self.1;
+        let g = Geom::new(&[n, c, h, w], l1.dims(), self.0)?;
+        g.check_grad(l2.dims())?;
+        let weight = f32_slice(s1, l1, "conv2d backward")?;
+        let dy = f32_slice(s2, l2, "conv2d backward")?;
+        let (k, l) = (g.k(), g.l());
+        let mut dx = vec![0f32; g.n * g.image()];
+        for_each_image(&mut dx, g.image(), g.n, |i, dxi, cols, par| {
+            let dyi = &dy[i * o * l..(i + 1) * o * l];
+            let wt = Stored::Transposed;
+            if g.pointwise() {
+                sgemm((k, l, o), weight, wt, dyi, Stored::AsIs, dxi, false, par)
+            } else {
+                cols.resize(k * l, 0.0);
+                sgemm((k, l, o), weight, wt, dyi, Stored::AsIs, cols, false, par)?;
+                g.col2im(cols, dxi, par);
+                Ok(())
+            }
+        })?;
+        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
+    }
+}
+
+/// (input, output gradient) → weight gradient, for a kernel of the given height and width.
+struct ConvGradWeight(Conv2dParams, (usize, usize));
+
+impl CustomOp2 for ConvGradWeight {
+    fn name(&self) -> &'static str {
+        "mura-conv2d-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (&[_, c, _, _], &[_, o, _, _]) = (l1.dims(), l2.dims()) else {
+            candle_core::bail!(
+                "conv2d backward: input {:?}, gradient {:?}",
+                l1.dims(),
+                l2.dims()
+            )
+        };
+        let (kh, kw) = self.1;
+        let g = Geom::new(l1.dims(), &[o, c, kh, kw], self.0)?;
+        g.check_grad(l2.dims())?;
+        let x = f32_slice(s1, l1, "conv2d backward")?;
+        let dy = f32_slice(s2, l2, "conv2d backward")?;
+        let (k, l, ok) = (g.k(), g.l(), g.o * g.k());
+        // dW = Σ_i dY_i (O×L) · cols_iᵀ (L×K), summed over the images in index order.
+        let one = |i: usize, dst: &mut [f32], cols: &mut Vec<f32>, acc: bool, par: bool| {
+            let xi = &x[i * g.image()..(i + 1) * g.image()];
+            let b: &[f32] = if g.pointwise() {
+                xi
+            } else {
+                cols.resize(k * l, 0.0);
+                g.im2col(xi, cols, par);
+                cols
+            };
+            let dyi = &dy[i * o * l..(i + 1) * o * l];
+            sgemm(
+                (o, k, l),
+                dyi,
+                Stored::AsIs,
+                b,
+                Stored::Transposed,
+                dst,
+                acc,
+                par,
+            )
+        };
+        let mut dw = vec![0f32; ok];
+        if per_image_parallel(g.n) && g.n > 1 {
+            let mut parts = vec![0f32; g.n * ok];
+            for_each_image(&mut parts, ok, g.n, |i, part, cols, _| {
+                one(i, part, cols, false, false)
+            })?;
+            dw.par_chunks_mut(4096).enumerate().for_each(|(j, chunk)| {
+                let base = j * 4096;
+                for (t, d) in chunk.iter_mut().enumerate() {
+                    let mut s = 0f32;
+                    for i in 0..g.n {
+                        s += parts[i * ok + base + t];
+                    }
+                    *d = s;
+                }
+            });
+        } else {
+            let mut cols = Vec::new();
+            for i in 0..g.n {
+                one(i, &mut dw, &mut cols, i > 0, true)?;
+            }
+        }
+        Ok((CpuStorage::F32(dw), Shape::from((g.o, g.c, kh, kw))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{D, DType, Device, Var};
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64)
+            .map(|i| crate::layers::unit(crate::layers::splitmix64(seed ^ (i << 20))) * 2.0 - 1.0)
+            .collect()
+    }
+
+    /// Direct convolution in f64: (y, dx, dw) for a given output gradient.
+    #[allow(clippy::type_complexity)]
+    fn reference(
+        x: &[f32],
+        wt: &[f32],
+        dy: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        (o, kh, kw): (usize, usize, usize),
+        p: Conv2dParams,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let ho = out_len(h, p.padding.0, kh, p.stride.0, p.dilation.0).unwrap();
+        let wo = out_len(w, p.padding.1, kw, p.stride.1, p.dilation.1).unwrap();
+        let mut y = vec![0f64; n * o * ho * wo];
+        let mut dx = vec![0f64; n * c * h * w];
+        let mut dw = vec![0f64; o * c * kh * kw];
+        for b in 0..n {
+            for oc in 0..o {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let yi = ((b * o + oc) * ho + oy) * wo + ox;
+                        for ci in 0..c {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * p.stride.0 + ky * p.dilation.0) as isize
+                                        - p.padding.0 as isize;
+                                    let ix = (ox * p.stride.1 + kx * p.dilation.1) as isize
+                                        - p.padding.1 as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let xi = ((b * c + ci) * h + iy as usize) * w + ix as usize;
+                                    let wi = ((oc * c + ci) * kh + ky) * kw + kx;
+                                    y[yi] += f64::from(x[xi]) * f64::from(wt[wi]);
+                                    dx[xi] += f64::from(dy[yi]) * f64::from(wt[wi]);
+                                    dw[wi] += f64::from(dy[yi]) * f64::from(x[xi]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, dx, dw)
+    }
+
+    fn close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(*g) - w).abs() <= 1e-5 * scale,
+                "{what}[{i}]: {g} vs {w} (scale {scale})"
+            );
+        }
+    }
+
+    fn params(s: (usize, usize), p: (usize, usize), d: (usize, usize)) -> Conv2dParams {
+        Conv2dParams {
+            stride: s,
+            padding: p,
+            dilation: d,
+        }
+    }
+
+    /// Forward, input and weight gradients against the direct loops, over the shapes the zoo uses
+    /// and awkward ones: strides leaving different remainders per axis, asymmetric padding,
+    /// dilation, 1×7 kernels, pointwise, batches below and above the thread count.
+    #[test]
+    fn forward_and_both_gradients_match_direct_loops() {
+        let dev = Device::Cpu;
+        let cases = [
+            ((2, 3, 9, 7), (4, 3, 3), params((1, 1), (1, 1), (1, 1))),
+            ((3, 2, 10, 11), (5, 3, 3), params((2, 2), (1, 1), (1, 1))),
+            ((1, 3, 15, 12), (2, 7, 7), params((2, 2), (3, 3), (1, 1))),
+            ((2, 4, 8, 9), (3, 1, 1), params((1, 1), (0, 0), (1, 1))),
+            ((4, 4, 8, 9), (3, 1, 1), params((2, 2), (0, 0), (1, 1))),
+            ((2, 3, 6, 13), (2, 1, 7), params((1, 1), (0, 3), (1, 1))),
+            ((2, 3, 13, 6), (2, 7, 1), params((1, 1), (3, 0), (1, 1))),
+            ((2, 2, 12, 12), (3, 3, 3), params((1, 1), (2, 2), (2, 2))),
+            ((3, 2, 11, 8), (2, 3, 2), params((3, 2), (1, 0), (1, 2))),
+            ((1, 1, 5, 5), (1, 5, 5), params((1, 1), (0, 0), (1, 1))),
+            ((2, 2, 3, 3), (2, 3, 3), params((2, 2), (4, 4), (1, 1))),
+        ];
+        for (t, ((n, c, h, w), (o, kh, kw), p)) in cases.into_iter().enumerate() {
+            let xv = rand_vec(n * c * h * w, 10 + t as u64);
+            let wv = rand_vec(o * c * kh * kw, 100 + t as u64);
+            let x = Var::from_vec(xv.clone(), (n, c, h, w), &dev).unwrap();
+            let wt = Var::from_vec(wv.clone(), (o, c, kh, kw), &dev).unwrap();
+            let y = conv2d(&x, &wt, p).unwrap();
+            let (_, _, ho, wo) = y.dims4().unwrap();
+            let dyv = rand_vec(n * o * ho * wo, 1000 + t as u64);
+            let dy = Tensor::from_vec(dyv.clone(), (n, o, ho, wo), &dev).unwrap();
+            let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let (ry, rdx, rdw) = reference(&xv, &wv, &dyv, (n, c, h, w), (o, kh, kw), p);
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            close(&flat(&y), &ry, &format!("case {t} y"));
+            close(&flat(grads.get(&x).unwrap()), &rdx, &format!("case {t} dx"));
+            close(
+                &flat(grads.get(&wt).unwrap()),
+                &rdw,
+                &format!("case {t} dw"),
+            );
+        }
+    }
+
+    /// The input gradient by central finite differences of a scalar loss (f32, step 1e-2).
+    #[test]
+    fn input_gradient_matches_finite_differences() {
+        let dev = Device::Cpu;
+        let p = params((2, 1), (1, 2), (1, 1));
+        let xv = rand_vec(2 * 2 * 6 * 5, 7);
+        let wv = rand_vec(3 * 2 * 3 * 3, 8);
+        let wt = Tensor::from_vec(wv, (3, 2, 3, 3), &dev).unwrap();
+        let loss = |xv: &[f32]| -> f32 {
+            let x = Tensor::from_vec(xv.to_vec(), (2, 2, 6, 5), &dev).unwrap();
+            let y = conv2d(&x, &wt, p).unwrap();
+            y.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let x = Var::from_vec(xv.clone(), (2, 2, 6, 5), &dev).unwrap();
+        let y = conv2d(&x, &wt, p).unwrap();
+        let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let dx: Vec<f32> = grads
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(
+            grads.get(&wt).is_none(),
+            "a constant weight gets no gradient"
+        );
+        for i in (0..xv.len()).step_by(7) {
+            let (mut up, mut down) = (xv.clone(), xv.clone());
+            up[i] += 1e-2;
+            down[i] -= 1e-2;
+            let fd = (loss(&up) - loss(&down)) / 2e-2;
+            assert!(
+                (fd - dx[i]).abs() <= 2e-2 * dx[i].abs().max(1.0),
+                "{i}: {fd} vs {}",
+                dx[i]
+            );
+        }
+    }
+
+    #[test]
+    fn an_input_that_needs_no_gradient_gets_none() {
+        let dev = Device::Cpu;
+        let x = Tensor::ones((2, 3, 8, 8), DType::F32, &dev).unwrap();
+        let wt = Var::ones((4, 3, 3, 3), DType::F32, &dev).unwrap();
+        let y = conv2d(&x, &wt, Conv2dParams::default()).unwrap();
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_none());
+        // Each weight sees 2 images × 6×6 positions of ones.
+        let dw: Vec<f32> = grads
+            .get(&wt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(dw.iter().all(|v| *v == 72.0), "{dw:?}");
+    }
+
+    /// The same gradients, to the bit, on 1 and on 3 threads (images spread over threads or not).
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let dev = Device::Cpu;
+                let x = Var::from_vec(rand_vec(4 * 3 * 12 * 12, 1), (4, 3, 12, 12), &dev).unwrap();
+                let wt = Var::from_vec(rand_vec(5 * 3 * 3 * 3, 2), (5, 3, 3, 3), &dev).unwrap();
+                let y = conv2d(&x, &wt, params((2, 2), (1, 1), (1, 1))).unwrap();
+                let loss = y
+                    .sqr()
+                    .unwrap()
+                    .sum_keepdim(D::Minus1)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let g = loss.backward().unwrap();
+                let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (v(&y), v(g.get(&x).unwrap()), v(g.get(&wt).unwrap()))
+            })
+        };
+        assert_eq!(run(1), run(3));
+        assert_eq!(run(2), run(8));
+    }
+
+    #[test]
+    fn bad_shapes_are_errors_not_panics() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 3, 4, 4), DType::F32, &dev).unwrap();
+        let small = conv2d(
+            &x,
+            &Tensor::zeros((2, 3, 5, 5), DType::F32, &dev).unwrap(),
+            Conv2dParams::default(),
+        );
+        assert!(
+            small
+                .unwrap_err()
+                .to_string()
+                .contains("smaller than the kernel")
+        );
+        let chans = conv2d(
+            &x,
+            &Tensor::zeros((2, 4, 3, 3), DType::F32, &dev).unwrap(),
+            Conv2dParams::default(),
+        );
+        assert!(chans.unwrap_err().to_string().contains("3 channels"));
+        let zero = params((0, 1), (0, 0), (1, 1));
+        let stride = conv2d(
+            &x,
+            &Tensor::zeros((2, 3, 3, 3), DType::F32, &dev).unwrap(),
+            zero,
+        );
+        assert!(stride.unwrap_err().to_string().contains("positive"));
+        let f64x = x.to_dtype(DType::F64).unwrap();
+        let w64 = Tensor::zeros((2, 3, 3, 3), DType::F64, &dev).unwrap();
+        assert!(
+            conv2d(&f64x, &w64, Conv2dParams::default())
+                .unwrap_err()
+                .to_string()
+                .contains("f32")
+        );
+    }
+
+    #[test]
+    fn valid_ranges_cover_exactly_the_inside_positions() {
+        for stride in 1..4 {
+            for offset in -5isize..5 {
+                for size in 1..8 {
+                    let out = 6;
+                    let (lo, hi) = valid(offset, stride, size, out);
+                    for o in 0..out {
+                        let i = (o * stride) as isize + offset;
+                        let inside = i >= 0 && i < size as isize;
+                        assert_eq!(
+                            inside,
+                            (lo..hi).contains(&o),
+                            "{stride} {offset} {size} {o}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

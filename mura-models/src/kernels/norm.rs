@@ -1,0 +1,507 @@
+//! Batch normalisation of N×C×H×W f32 tensors in single passes, with an optional fused ReLU.
+//!
+//! Training: one pass for the per-channel mean and (biased) variance, one to normalise; backward
+//! one pass for Σdy and Σdy·x̂ per channel and one for dx (candle-nn's BatchNorm builds both from
+//! generic ops, its backward about 8× its forward). Evaluation: one pass of x·scale + shift.
+//! Channel sums are accumulated in f64.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::f32_slice;
+
+/// (N, C, H·W) of a 4-D layout.
+fn dims(layout: &Layout, op: &str) -> candle_core::Result<(usize, usize, usize)> {
+    match *layout.dims() {
+        [n, c, h, w] => Ok((n, c, h * w)),
+        ref d => candle_core::bail!("{op}: expects an N×C×H×W tensor, got {d:?}"),
+    }
+}
+
+/// Per-channel sums over the N planes of each channel: `f(channel, plane index, plane)` summed.
+fn channel_sums<const K: usize>(
+    (n, c, hw): (usize, usize, usize),
+    f: impl Fn(usize, usize) -> [f64; K] + Sync,
+) -> Vec<[f64; K]> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let mut acc = [0f64; K];
+            for b in 0..n {
+                let s = f(ch, b * c + ch);
+                for (a, v) in acc.iter_mut().zip(s) {
+                    *a += v;
+                }
+            }
+            acc
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|a| if hw == 0 { [0.0; K] } else { a })
+        .collect()
+}
+
+/// y = x·scale + shift (then ReLU), per channel.
+#[inline]
+fn affine(x: f32, scale: f32, shift: f32, relu: bool) -> f32 {
+    let y = x * scale + shift;
+    if relu { y.max(0.0) } else { y }
+}
+
+/// Scale and shift per channel from γ, β, the mean and the biased variance.
+fn scale_shift(
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+) -> Vec<(f32, f32)> {
+    (0..gamma.len())
+        .map(|c| {
+            let inv = 1.0 / (f64::from(var[c]) + eps).sqrt();
+            let scale = f64::from(gamma[c]) * inv;
+            (
+                scale as f32,
+                (f64::from(beta[c]) - f64::from(mean[c]) * scale) as f32,
+            )
+        })
+        .collect()
+}
+
+/// Training-mode batch norm: returns `(y, batch mean, biased batch variance)`; y carries the
+/// gradient to x, γ and β, the statistics none (they are for the running averages).
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let (_, c, _, _) = x.dims4()?;
+    let packed = x.contiguous()?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        BnTrain { eps, relu },
+    )?;
+    let numel = x.elem_count();
+    let y = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
+    let stats = packed.narrow(0, numel, 2 * c)?.detach();
+    Ok((y, stats.narrow(0, 0, c)?, stats.narrow(0, c, c)?))
+}
+
+/// Evaluation-mode batch norm from the running statistics (gradients flow to x, γ and β).
+pub fn batch_norm_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> candle_core::Result<Tensor> {
+    let scale = gamma.div(&(running_var + eps)?.sqrt()?)?;
+    let shift = (beta - running_mean.mul(&scale)?)?;
+    let ss = Tensor::cat(&[&scale, &shift], 0)?;
+    x.contiguous()?.apply_op2(&ss, BnEval { relu })
+}
+
+/// (x, γ, β) → [y (N·C·H·W), mean (C), biased variance (C)].
+struct BnTrain {
+    eps: f64,
+    relu: bool,
+}
+
+impl CustomOp3 for BnTrain {
+    fn name(&self) -> &'static str {
+        "mura-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = "batch norm";
+        let (n, c, hw) = dims(l1, op)?;
+        let x = f32_slice(s1, l1, op)?;
+        let (gamma, beta) = (f32_slice(s2, l2, op)?, f32_slice(s3, l3, op)?);
+        if gamma.len() != c || beta.len() != c {
+            candle_core::bail!(
+                "{op}: {c} channels but γ {} and β {}",
+                gamma.len(),
+                beta.len()
+            )
+        }
+        if n * hw < 2 {
+            candle_core::bail!(
+                "{op}: training needs more than one value per channel, got input {:?}",
+                l1.dims()
+            )
+        }
+        let m = (n * hw) as f64;
+        let sums = channel_sums::<2>((n, c, hw), |_, p| {
+            let plane = &x[p * hw..(p + 1) * hw];
+            let s: f64 = plane.iter().map(|v| f64::from(*v)).sum();
+            let q: f64 = plane.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
+            [s, q]
+        });
+        let mean: Vec<f32> = sums.iter().map(|[s, _]| (s / m) as f32).collect();
+        let var: Vec<f32> = sums
+            .iter()
+            .map(|[s, q]| (q / m - (s / m) * (s / m)).max(0.0) as f32)
+            .collect();
+        let ss = scale_shift(gamma, beta, &mean, &var, self.eps);
+        let mut out = vec![0f32; n * c * hw + 2 * c];
+        let (y, tail) = out.split_at_mut(n * c * hw);
+        if hw > 0 {
+            y.par_chunks_mut(hw)
+                .zip(x.par_chunks(hw))
+                .enumerate()
+                .for_each(|(p, (yp, xp))| {
+                    let (scale, shift) = ss[p % c];
+                    for (o, v) in yp.iter_mut().zip(xp) {
+                        *o = affine(*v, scale, shift, self.relu);
+                    }
+                });
+        }
+        tail[..c].copy_from_slice(&mean);
+        tail[c..].copy_from_slice(&var);
+        Ok((CpuStorage::F32(out), Shape::from(n * c * hw + 2 * c)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, w) = x.dims4()?;
+        let numel = n * c * h * w;
+        let stats = res.narrow(0, numel, 2 * c)?;
+        let aux = Tensor::cat(&[gamma, beta, &stats], 0)?;
+        let g = grad.contiguous()?.narrow(0, 0, numel)?;
+        let packed = x.apply_op3_no_bwd(
+            &g,
+            &aux,
+            &BnBackward {
+                eps: self.eps,
+                relu: self.relu,
+                train: true,
+            },
+        )?;
+        let dx = x
+            .track_op()
+            .then(|| packed.narrow(0, 0, numel)?.reshape((n, c, h, w)))
+            .transpose()?;
+        let dgamma = packed.narrow(0, numel, c)?;
+        let dbeta = packed.narrow(0, numel + c, c)?;
+        Ok((dx, Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// (x, [scale, shift]) → x·scale + shift per channel (then ReLU).
+struct BnEval {
+    relu: bool,
+}
+
+impl CustomOp2 for BnEval {
+    fn name(&self) -> &'static str {
+        "mura-batch-norm-eval"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = "batch norm";
+        let (n, c, hw) = dims(l1, op)?;
+        let x = f32_slice(s1, l1, op)?;
+        let ss = f32_slice(s2, l2, op)?;
+        if ss.len() != 2 * c {
+            candle_core::bail!("{op}: {c} channels but {} scale and shift values", ss.len())
+        }
+        let mut y = vec![0f32; n * c * hw];
+        if hw > 0 {
+            y.par_chunks_mut(hw)
+                .zip(x.par_chunks(hw))
+                .enumerate()
+                .for_each(|(p, (yp, xp))| {
+                    let (scale, shift) = (ss[p % c], ss[c + p % c]);
+                    for (o, v) in yp.iter_mut().zip(xp) {
+                        *o = affine(*v, scale, shift, self.relu);
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        ss: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let numel = x.elem_count();
+        let packed = x.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            ss,
+            &BnBackward {
+                eps: 0.0,
+                relu: self.relu,
+                train: false,
+            },
+        )?;
+        let dx = x
+            .track_op()
+            .then(|| packed.narrow(0, 0, numel)?.reshape(x.shape()))
+            .transpose()?;
+        let c = ss.elem_count() / 2;
+        Ok((dx, Some(packed.narrow(0, numel, 2 * c)?)))
+    }
+}
+
+/// Two per-channel values (scale and shift, or mean and inverse deviation).
+type Pair = (f32, f32);
+
+/// (x, dy, aux) → [dx, Σ, Σ] where, in training, aux = [γ, β, mean, var] and the sums are dγ and
+/// dβ; in evaluation aux = [scale, shift] and the sums are dscale and dshift.
+struct BnBackward {
+    eps: f64,
+    relu: bool,
+    train: bool,
+}
+
+impl CustomOp3 for BnBackward {
+    fn name(&self) -> &'static str {
+        "mura-batch-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = "batch norm backward";
+        let (n, c, hw) = dims(l1, op)?;
+        let x = f32_slice(s1, l1, op)?;
+        let dy = f32_slice(s2, l2, op)?;
+        let aux = f32_slice(s3, l3, op)?;
+        let want = if self.train { 4 * c } else { 2 * c };
+        if dy.len() != x.len() || aux.len() != want {
+            candle_core::bail!(
+                "{op}: x {:?}, gradient of {} values, {} auxiliary values (want {want})",
+                l1.dims(),
+                dy.len(),
+                aux.len()
+            )
+        }
+        // Per channel: scale and shift of the forward, and x̂ = (x - mean)·inv (train) or x
+        // itself (eval, where the sums are taken against x).
+        let (ss, centre): (Vec<Pair>, Vec<Pair>) = if self.train {
+            let (gamma, beta) = (&aux[..c], &aux[c..2 * c]);
+            let (mean, var) = (&aux[2 * c..3 * c], &aux[3 * c..]);
+            let inv = |ch: usize| (1.0 / (f64::from(var[ch]) + self.eps).sqrt()) as f32;
+            (
+                scale_shift(gamma, beta, mean, var, self.eps),
+                (0..c).map(|ch| (mean[ch], inv(ch))).collect(),
+            )
+        } else {
+            (
+                (0..c).map(|ch| (aux[ch], aux[c + ch])).collect(),
+                vec![(0.0, 1.0); c],
+            )
+        };
+        let relu = self.relu;
+        // The gradient reaching the affine output: dy, masked where the ReLU was off.
+        let g = |ch: usize, i: usize, v: f32| {
+            let (scale, shift) = ss[ch];
+            if relu && v * scale + shift <= 0.0 {
+                0.0
+            } else {
+                dy[i]
+            }
+        };
+        let sums = channel_sums::<2>((n, c, hw), |ch, p| {
+            let (mean, inv) = centre[ch];
+            let (mut s, mut sx) = (0f64, 0f64);
+            for (i, v) in x[p * hw..(p + 1) * hw].iter().enumerate() {
+                let gi = f64::from(g(ch, p * hw + i, *v));
+                s += gi;
+                sx += gi * f64::from((v - mean) * inv);
+            }
+            [sx, s]
+        });
+        let m = (n * hw) as f64;
+        let mut out = vec![0f32; n * c * hw + 2 * c];
+        let (dx, tail) = out.split_at_mut(n * c * hw);
+        if hw > 0 {
+            dx.par_chunks_mut(hw).enumerate().for_each(|(p, dxp)| {
+                let ch = p % c;
+                let (scale, _) = ss[ch];
+                let xp = &x[p * hw..(p + 1) * hw];
+                if self.train {
+                    // dx = γ·inv/M · (M·g - Σg - x̂·Σg·x̂) = scale · (g - Σg/M - x̂·Σg·x̂/M).
+                    let (mean, inv) = centre[ch];
+                    let [sx, s] = sums[ch];
+                    let (a, b) = ((s / m) as f32, (sx / m) as f32);
+                    for (i, (d, v)) in dxp.iter_mut().zip(xp).enumerate() {
+                        let gi = g(ch, p * hw + i, *v);
+                        let xhat = (v - mean) * inv;
+                        *d = scale * (gi - a - xhat * b);
+                    }
+                } else {
+                    for (i, (d, v)) in dxp.iter_mut().zip(xp).enumerate() {
+                        *d = g(ch, p * hw + i, *v) * scale;
+                    }
+                }
+            });
+        }
+        for (ch, [sx, s]) in sums.iter().enumerate() {
+            tail[ch] = *sx as f32;
+            tail[c + ch] = *s as f32;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n * c * hw + 2 * c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, ModuleT, Var};
+
+    fn rand_vec(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n as u64)
+            .map(|i| {
+                lo + (hi - lo) * crate::layers::unit(crate::layers::splitmix64(seed ^ (i << 20)))
+            })
+            .collect()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * y.abs().max(1.0),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Train and eval outputs, statistics and all three gradients against candle-nn's BatchNorm
+    /// (built from generic ops) followed by candle's ReLU; tolerance 2e-4 relative.
+    #[test]
+    fn matches_candle_nn_batch_norm_forward_and_backward() {
+        let dev = Device::Cpu;
+        for (t, (n, c, h, w)) in [(2, 3, 5, 4), (4, 2, 7, 7), (1, 5, 3, 2), (3, 1, 1, 1)]
+            .into_iter()
+            .enumerate()
+        {
+            for relu in [false, true] {
+                let seed = 10 * t as u64 + u64::from(relu);
+                let xv = rand_vec(n * c * h * w, seed, -2.0, 3.0);
+                let gv = rand_vec(c, seed + 1, 0.5, 1.5);
+                let bv = rand_vec(c, seed + 2, -0.5, 0.5);
+                let dyv = rand_vec(n * c * h * w, seed + 3, -1.0, 1.0);
+                let rm = Tensor::from_vec(rand_vec(c, seed + 4, -0.2, 0.2), c, &dev).unwrap();
+                let rv = Tensor::from_vec(rand_vec(c, seed + 5, 0.5, 2.0), c, &dev).unwrap();
+                let eps = 1e-3;
+                for train in [true, false] {
+                    let run = |ours: bool| {
+                        let x = Var::from_vec(xv.clone(), (n, c, h, w), &dev).unwrap();
+                        let g = Var::from_vec(gv.clone(), c, &dev).unwrap();
+                        let b = Var::from_vec(bv.clone(), c, &dev).unwrap();
+                        let y = if ours {
+                            if train {
+                                batch_norm_train(&x, &g, &b, eps, relu).unwrap().0
+                            } else {
+                                batch_norm_eval(&x, &g, &b, &rm, &rv, eps, relu).unwrap()
+                            }
+                        } else {
+                            let bn = candle_nn::BatchNorm::new(
+                                c,
+                                rm.copy().unwrap(),
+                                rv.copy().unwrap(),
+                                g.as_tensor().clone(),
+                                b.as_tensor().clone(),
+                                eps,
+                            )
+                            .unwrap();
+                            let y = bn.forward_t(&x, train).unwrap();
+                            if relu { y.relu().unwrap() } else { y }
+                        };
+                        let dy = Tensor::from_vec(dyv.clone(), (n, c, h, w), &dev).unwrap();
+                        let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+                        [
+                            flat(&y),
+                            flat(grads.get(&x).unwrap()),
+                            flat(grads.get(&g).unwrap()),
+                            flat(grads.get(&b).unwrap()),
+                        ]
+                    };
+                    if train && n * h * w < 2 {
+                        continue;
+                    }
+                    let (ours, theirs) = (run(true), run(false));
+                    for (k, what) in ["y", "dx", "dgamma", "dbeta"].iter().enumerate() {
+                        close(
+                            &ours[k],
+                            &theirs[k],
+                            2e-4,
+                            &format!("{n}×{c}×{h}×{w} relu {relu} train {train} {what}"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn statistics_are_the_batch_mean_and_biased_variance() {
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec(
+            vec![1f32, 2., 3., 4., 10., 20., 30., 40.],
+            (2, 2, 1, 2),
+            &dev,
+        )
+        .unwrap();
+        let ones = Tensor::ones(2, DType::F32, &dev).unwrap();
+        let zeros = Tensor::zeros(2, DType::F32, &dev).unwrap();
+        let (_, mean, var) = batch_norm_train(&x, &ones, &zeros, 0.0, false).unwrap();
+        // Channel 0 holds 1, 2, 10, 20; channel 1 holds 3, 4, 30, 40.
+        close(&flat(&mean), &[8.25, 19.25], 1e-6, "mean");
+        close(&flat(&var), &[58.1875, 260.6875], 1e-5, "var");
+    }
+
+    #[test]
+    fn one_value_per_channel_is_refused_in_training() {
+        let dev = Device::Cpu;
+        let x = Tensor::ones((1, 3, 1, 1), DType::F32, &dev).unwrap();
+        let g = Tensor::ones(3, DType::F32, &dev).unwrap();
+        let err = batch_norm_train(&x, &g, &g, 1e-5, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than one value per channel"), "{err}");
+        let err = batch_norm_train(&x, &g.narrow(0, 0, 2).unwrap(), &g, 1e-5, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("3 channels"), "{err}");
+    }
+}
