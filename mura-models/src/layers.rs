@@ -169,12 +169,9 @@ impl Module for Conv {
                 padding: (ph, pw),
                 dilation: (d, d),
             };
-            let y = kernels::conv2d(x, &self.weight, params)?;
+            let y = kernels::conv2d(x, &self.weight, self.bias.as_ref(), params)?;
             add_macs((y.elem_count() * c_in * kh * kw) as u64);
-            return match &self.bias {
-                Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-                None => Ok(y),
-            };
+            return Ok(y);
         }
         let (used_h, rest_h) = reach(h, ph, kh)?;
         let (used_w, rest_w) = reach(w, pw, kw)?;

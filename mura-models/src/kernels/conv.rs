@@ -7,7 +7,7 @@
 //! batch when there are at least as many as threads (each GEMM serial), otherwise over each
 //! GEMM. Sums run in a fixed order, so results do not depend on the thread count.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{Stored, sgemm};
@@ -234,30 +234,42 @@ fn for_each_image(
     }
 }
 
-/// The convolution of N×C×H×W `x` with an O×C×kh×kw `weight`, as a custom op with its backward.
-/// f32 on CPU only; [`crate::layers::Conv`] falls back to candle elsewhere.
-pub fn conv2d(x: &Tensor, weight: &Tensor, params: Conv2dParams) -> candle_core::Result<Tensor> {
-    x.contiguous()?
-        .apply_op2(&weight.contiguous()?, Conv2dOp(params))
+/// The convolution of N×C×H×W `x` with an O×C×kh×kw `weight`, plus an optional per-channel
+/// `bias` added in the same pass, as a custom op with its backward. f32 on CPU only;
+/// [`crate::layers::Conv`] falls back to candle elsewhere.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    params: Conv2dParams,
+) -> candle_core::Result<Tensor> {
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        None => x.apply_op2(&weight, Conv2dOp(params)),
+        Some(b) => x.apply_op3(&weight, &b.contiguous()?, Conv2dOp(params)),
+    }
 }
 
 struct Conv2dOp(Conv2dParams);
 
-impl CustomOp2 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "mura-conv2d"
-    }
-
-    fn cpu_fwd(
+impl Conv2dOp {
+    fn forward(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.0)?;
         let x = f32_slice(s1, l1, "conv2d")?;
         let w = f32_slice(s2, l2, "conv2d")?;
+        let bias = bias
+            .map(|(s, l)| f32_slice(s, l, "conv2d bias"))
+            .transpose()?;
+        if let Some(b) = bias
+            && b.len() != g.o
+        {
+            candle_core::bail!("conv2d: {} output channels but {} biases", g.o, b.len())
+        }
         let (k, l) = (g.k(), g.l());
         let mut y = vec![0f32; g.n * g.o * l];
         for_each_image(&mut y, g.o * l, g.n, |i, yi, cols, par| {
@@ -278,9 +290,53 @@ impl CustomOp2 for Conv2dOp {
                 yi,
                 false,
                 par,
-            )
+            )?;
+            if let Some(bias) = bias {
+                for (row, b) in yi.chunks_mut(l).zip(bias) {
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+            }
+            Ok(())
         })?;
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
+    }
+
+    /// The gradients of the input (when it needs one) and of the weight.
+    fn grads(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = if x.track_op() {
+            let (_, _, h, w) = x.dims4()?;
+            Some(weight.apply_op2_no_bwd(grad, &ConvGradInput(self.0, (h, w)))?)
+        } else {
+            None
+        };
+        let dw = if weight.track_op() {
+            let (_, _, kh, kw) = weight.dims4()?;
+            Some(x.apply_op2_no_bwd(grad, &ConvGradWeight(self.0, (kh, kw)))?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "mura-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward((s1, l1), (s2, l2), None)
     }
 
     fn bwd(
@@ -290,20 +346,77 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        self.grads(x, weight, &grad.contiguous()?)
+    }
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "mura-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.forward((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = if x.track_op() {
-            let (_, _, h, w) = x.dims4()?;
-            Some(weight.apply_op2_no_bwd(&grad, &ConvGradInput(self.0, (h, w)))?)
-        } else {
-            None
+        let (dx, dw) = self.grads(x, weight, &grad)?;
+        let db = bias
+            .track_op()
+            .then(|| grad.apply_op1_no_bwd(&ChannelSums))
+            .transpose()?;
+        Ok((dx, dw, db))
+    }
+}
+
+/// N×C×H×W → the C per-channel sums (the bias gradient), in f64 and a fixed order.
+struct ChannelSums;
+
+impl CustomOp1 for ChannelSums {
+    fn name(&self) -> &'static str {
+        "mura-channel-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let &[n, c, h, w] = l.dims() else {
+            candle_core::bail!(
+                "channel sums: expects an N×C×H×W tensor, got {:?}",
+                l.dims()
+            )
         };
-        let dw = if weight.track_op() {
-            let (_, _, kh, kw) = weight.dims4()?;
-            Some(x.apply_op2_no_bwd(&grad, &ConvGradWeight(self.0, (kh, kw)))?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        let v = f32_slice(s, l, "channel sums")?;
+        let hw = h * w;
+        let sums: Vec<f32> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let mut acc = 0f64;
+                for b in 0..n {
+                    let plane = &v[(b * c + ch) * hw..(b * c + ch + 1) * hw];
+                    acc += plane
+                        .chunks(256)
+                        .map(|k| f64::from(k.iter().sum::<f32>()))
+                        .sum::<f64>();
+                }
+                acc as f32
+            })
+            .collect();
+        Ok((CpuStorage::F32(sums), Shape::from(c)))
     }
 }
 
@@ -527,7 +640,7 @@ mod tests {
             let wv = rand_vec(o * c * kh * kw, 100 + t as u64);
             let x = Var::from_vec(xv.clone(), (n, c, h, w), &dev).unwrap();
             let wt = Var::from_vec(wv.clone(), (o, c, kh, kw), &dev).unwrap();
-            let y = conv2d(&x, &wt, p).unwrap();
+            let y = conv2d(&x, &wt, None, p).unwrap();
             let (_, _, ho, wo) = y.dims4().unwrap();
             let dyv = rand_vec(n * o * ho * wo, 1000 + t as u64);
             let dy = Tensor::from_vec(dyv.clone(), (n, o, ho, wo), &dev).unwrap();
@@ -554,7 +667,7 @@ mod tests {
         let wt = Tensor::from_vec(wv, (3, 2, 3, 3), &dev).unwrap();
         let loss = |xv: &[f32]| -> f32 {
             let x = Tensor::from_vec(xv.to_vec(), (2, 2, 6, 5), &dev).unwrap();
-            let y = conv2d(&x, &wt, p).unwrap();
+            let y = conv2d(&x, &wt, None, p).unwrap();
             y.sqr()
                 .unwrap()
                 .sum_all()
@@ -563,7 +676,7 @@ mod tests {
                 .unwrap()
         };
         let x = Var::from_vec(xv.clone(), (2, 2, 6, 5), &dev).unwrap();
-        let y = conv2d(&x, &wt, p).unwrap();
+        let y = conv2d(&x, &wt, None, p).unwrap();
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         let dx: Vec<f32> = grads
             .get(&x)
@@ -589,12 +702,45 @@ mod tests {
         }
     }
 
+    /// The bias is added per output channel and gets the channel sums of the output gradient;
+    /// the other gradients are those of the convolution without it.
+    #[test]
+    fn bias_is_added_per_channel_and_gets_the_channel_sums() {
+        let dev = Device::Cpu;
+        let p = params((2, 1), (1, 0), (1, 1));
+        let x = Var::from_vec(rand_vec(3 * 2 * 7 * 6, 1), (3, 2, 7, 6), &dev).unwrap();
+        let wt = Var::from_vec(rand_vec(4 * 2 * 3 * 3, 2), (4, 2, 3, 3), &dev).unwrap();
+        let b = Var::from_vec(vec![0.5f32, -1.0, 2.0, 0.0], 4, &dev).unwrap();
+        let y0 = conv2d(&x, &wt, None, p).unwrap();
+        let y1 = conv2d(&x, &wt, Some(&b), p).unwrap();
+        let dy = Tensor::from_vec(rand_vec(y0.elem_count(), 3), y0.shape(), &dev).unwrap();
+        let g0 = (&y0 * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let g1 = (&y1 * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = y0.broadcast_add(&b.reshape((1, 4, 1, 1)).unwrap()).unwrap();
+        assert_eq!(v(&y1), v(&want));
+        assert_eq!(v(g0.get(&x).unwrap()), v(g1.get(&x).unwrap()));
+        assert_eq!(v(g0.get(&wt).unwrap()), v(g1.get(&wt).unwrap()));
+        let sums: Vec<f64> = (0..4)
+            .map(|c| {
+                v(&dy.narrow(1, c, 1).unwrap())
+                    .iter()
+                    .map(|e| f64::from(*e))
+                    .sum()
+            })
+            .collect();
+        close(&v(g1.get(&b).unwrap()), &sums, "bias gradient");
+        let bad = Tensor::zeros(3, DType::F32, &dev).unwrap();
+        let err = conv2d(&x, &wt, Some(&bad), p).unwrap_err().to_string();
+        assert!(err.contains("4 output channels but 3 biases"), "{err}");
+    }
+
     #[test]
     fn an_input_that_needs_no_gradient_gets_none() {
         let dev = Device::Cpu;
         let x = Tensor::ones((2, 3, 8, 8), DType::F32, &dev).unwrap();
         let wt = Var::ones((4, 3, 3, 3), DType::F32, &dev).unwrap();
-        let y = conv2d(&x, &wt, Conv2dParams::default()).unwrap();
+        let y = conv2d(&x, &wt, None, Conv2dParams::default()).unwrap();
         let grads = y.sum_all().unwrap().backward().unwrap();
         assert!(grads.get(&x).is_none());
         // Each weight sees 2 images × 6×6 positions of ones.
@@ -620,7 +766,7 @@ mod tests {
                 let dev = Device::Cpu;
                 let x = Var::from_vec(rand_vec(4 * 3 * 12 * 12, 1), (4, 3, 12, 12), &dev).unwrap();
                 let wt = Var::from_vec(rand_vec(5 * 3 * 3 * 3, 2), (5, 3, 3, 3), &dev).unwrap();
-                let y = conv2d(&x, &wt, params((2, 2), (1, 1), (1, 1))).unwrap();
+                let y = conv2d(&x, &wt, None, params((2, 2), (1, 1), (1, 1))).unwrap();
                 let loss = y
                     .sqr()
                     .unwrap()
@@ -644,6 +790,7 @@ mod tests {
         let small = conv2d(
             &x,
             &Tensor::zeros((2, 3, 5, 5), DType::F32, &dev).unwrap(),
+            None,
             Conv2dParams::default(),
         );
         assert!(
@@ -655,6 +802,7 @@ mod tests {
         let chans = conv2d(
             &x,
             &Tensor::zeros((2, 4, 3, 3), DType::F32, &dev).unwrap(),
+            None,
             Conv2dParams::default(),
         );
         assert!(chans.unwrap_err().to_string().contains("3 channels"));
@@ -662,13 +810,14 @@ mod tests {
         let stride = conv2d(
             &x,
             &Tensor::zeros((2, 3, 3, 3), DType::F32, &dev).unwrap(),
+            None,
             zero,
         );
         assert!(stride.unwrap_err().to_string().contains("positive"));
         let f64x = x.to_dtype(DType::F64).unwrap();
         let w64 = Tensor::zeros((2, 3, 3, 3), DType::F64, &dev).unwrap();
         assert!(
-            conv2d(&f64x, &w64, Conv2dParams::default())
+            conv2d(&f64x, &w64, None, Conv2dParams::default())
                 .unwrap_err()
                 .to_string()
                 .contains("f32")
