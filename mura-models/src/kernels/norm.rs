@@ -392,7 +392,8 @@ impl CustomOp3 for BnBackward {
         if hw > 0 {
             dx.par_chunks_mut(hw).enumerate().for_each(|(p, dxp)| {
                 let ch = p % c;
-                let (scale, _) = ss[ch];
+                let sc = ss[ch];
+                let scale = sc.0;
                 let xp = &x[p * hw..(p + 1) * hw];
                 let dyp = &dy[p * hw..(p + 1) * hw];
                 let cells = dxp.iter_mut().zip(xp).zip(dyp);
@@ -403,11 +404,11 @@ impl CustomOp3 for BnBackward {
                     let (a, b) = ((s / m) as f32, (sx / m) as f32);
                     for ((o, v), d) in cells {
                         let xhat = (v - mean) * inv;
-                        *o = scale * (masked(*v, *d, ss[ch]) - a - xhat * b);
+                        *o = scale * (masked(*v, *d, sc) - a - xhat * b);
                     }
                 } else {
                     for ((o, v), d) in cells {
-                        *o = masked(*v, *d, ss[ch]) * scale;
+                        *o = masked(*v, *d, sc) * scale;
                     }
                 }
             });
