@@ -1,0 +1,113 @@
+//! The CPU kernels of issue 7 against the candle ops they replace, measured in the same run:
+//! convolution forward + backward (a DenseNet 3×3 growth convolution, a 1×1 bottleneck and a
+//! ResNet-style 7×7/2 stem on the image) and BatchNorm + ReLU forward + backward. Each
+//! benchmark runs one forward and the backward of the sum of its output; the ratio of the two
+//! medians is the speed-up. Run with `cargo bench -p mura-models --bench kernels`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use criterion::{Criterion, criterion_group, criterion_main};
+use mura_models::kernels::{Conv2dParams, batch_norm_train, conv2d};
+
+fn random(shape: &[usize], dev: &Device) -> Tensor {
+    Tensor::randn(0f32, 1.0, shape, dev).unwrap()
+}
+
+/// (name, input N×C×H×W, weight O×C×k×k, stride, padding, whether the input needs a gradient).
+type Case = (&'static str, [usize; 4], [usize; 4], usize, usize, bool);
+
+const CONVS: [Case; 3] = [
+    (
+        "densenet_3x3_128to32_28px",
+        [8, 128, 28, 28],
+        [32, 128, 3, 3],
+        1,
+        1,
+        true,
+    ),
+    (
+        "densenet_1x1_256to128_28px",
+        [8, 256, 28, 28],
+        [128, 256, 1, 1],
+        1,
+        0,
+        true,
+    ),
+    (
+        "stem_7x7s2_3to64_224px",
+        [8, 3, 224, 224],
+        [64, 3, 7, 7],
+        2,
+        3,
+        false,
+    ),
+];
+
+fn bench_conv(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let mut g = c.benchmark_group("conv2d_forward_backward");
+    g.sample_size(10);
+    for (name, xs, ws, stride, pad, input_grad) in CONVS {
+        let x0 = random(&xs, &dev);
+        let x = if input_grad {
+            Var::from_tensor(&x0).unwrap().as_tensor().clone()
+        } else {
+            x0
+        };
+        let w = Var::from_tensor(&random(&ws, &dev)).unwrap();
+        let params = Conv2dParams {
+            stride: (stride, stride),
+            padding: (pad, pad),
+            dilation: (1, 1),
+        };
+        g.bench_function(format!("mura/{name}"), |b| {
+            b.iter(|| {
+                let y = conv2d(&x, &w, None, params).unwrap();
+                y.sum_all().unwrap().backward().unwrap()
+            })
+        });
+        g.bench_function(format!("candle/{name}"), |b| {
+            b.iter(|| {
+                let y = x.conv2d(&w, pad, stride, 1, 1).unwrap();
+                y.sum_all().unwrap().backward().unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_batch_norm(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let mut g = c.benchmark_group("batch_norm_relu_train_forward_backward");
+    g.sample_size(10);
+    let (n, ch, h, w) = (8, 64, 112, 112);
+    let x = Var::from_tensor(&random(&[n, ch, h, w], &dev)).unwrap();
+    let gamma = Var::ones(ch, DType::F32, &dev).unwrap();
+    let beta = Var::zeros(ch, DType::F32, &dev).unwrap();
+    g.bench_function("mura/8x64x112x112", |b| {
+        b.iter(|| {
+            let (y, _, _) = batch_norm_train(&x, &gamma, &beta, 1e-5, true).unwrap();
+            y.sum_all().unwrap().backward().unwrap()
+        })
+    });
+    let bn = candle_nn::BatchNorm::new(
+        ch,
+        Tensor::zeros(ch, DType::F32, &dev).unwrap(),
+        Tensor::ones(ch, DType::F32, &dev).unwrap(),
+        gamma.as_tensor().clone(),
+        beta.as_tensor().clone(),
+        1e-5,
+    )
+    .unwrap();
+    g.bench_function("candle/8x64x112x112", |b| {
+        b.iter(|| {
+            let y = bn.forward_t(&x, true).unwrap().relu().unwrap();
+            y.sum_all().unwrap().backward().unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_conv, bench_batch_norm);
+criterion_main!(benches);
