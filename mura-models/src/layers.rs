@@ -260,8 +260,10 @@ impl BatchNorm {
             return if relu { y.relu() } else { Ok(y) };
         }
         if !train {
-            let (rm, rv) = (self.running_mean.as_tensor(), self.running_var.as_tensor());
-            return kernels::batch_norm_eval(x, &self.weight, &self.bias, rm, rv, self.eps, relu);
+            // Running statistics never take a gradient: detached, they add nothing to a graph.
+            let rm = self.running_mean.as_tensor().detach();
+            let rv = self.running_var.as_tensor().detach();
+            return kernels::batch_norm_eval(x, &self.weight, &self.bias, &rm, &rv, self.eps, relu);
         }
         let (y, mean, var) =
             kernels::batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;

@@ -607,6 +607,31 @@ impl Model {
         vars
     }
 
+    /// The same model for inference: its weights as plain tensors over the same storage (no copy;
+    /// later optimiser updates show through), so a forward records no autograd graph and each
+    /// activation is freed once the next layer has read it. BatchNorm running statistics are
+    /// copied as they are now: take a fresh one after training further. Gradients with respect to
+    /// an input `Var` (Grad-CAM) still flow.
+    pub fn detached(&self, varmap: &VarMap) -> Result<Self, ModelError> {
+        let data = crate::checkpoint::lock_vars(varmap);
+        let tensors: std::collections::HashMap<String, Tensor> = data
+            .iter()
+            .map(|(name, v)| (name.clone(), v.as_tensor().detach()))
+            .collect();
+        let (dtype, device) = match data.values().next() {
+            Some(v) => (v.dtype(), v.device().clone()),
+            None => (DType::F32, Device::Cpu),
+        };
+        drop(data);
+        let mut m = Self::new(
+            &self.config,
+            VarBuilder::from_tensors(tensors, dtype, &device),
+        )?;
+        m.frozen_stages = self.frozen_stages;
+        m.noise = self.noise.clone();
+        Ok(m)
+    }
+
     /// Reseeds dropout (the training loop does it once per step from the run's seed).
     pub fn set_seed(&self, seed: u64) {
         self.noise.reseed(seed);

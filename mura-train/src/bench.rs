@@ -108,10 +108,15 @@ pub fn bench_model(b: &ModelBench) -> Result<BenchResult, TrainError> {
         &dev,
     )?;
     let mut optim = Optim::new(OptimizerConfig::adam(1e-4), model.trainable_vars(&varmap))?;
+    // Inference runs as evaluation does: on the weights without autograd bookkeeping.
+    let inference = model.detached(&varmap)?;
     let mut step = || -> Result<(), TrainError> {
         match b.mode {
             BenchMode::Infer => {
-                model.forward(&x, false)?.to_dtype(DType::F32)?.sum_all()?;
+                inference
+                    .forward(&x, false)?
+                    .to_dtype(DType::F32)?
+                    .sum_all()?;
             }
             BenchMode::Train => {
                 let loss = bce_with_logits(&model.forward(&x, true)?, &y, None)?;

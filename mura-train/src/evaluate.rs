@@ -175,6 +175,8 @@ impl TrainedRun {
                 ..LoadOptions::default()
             },
         )?;
+        // A trained run only predicts: no autograd graph (see `Model::detached`).
+        let model = model.detached(&varmap)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             threshold: load_threshold(dir)?,

@@ -707,14 +707,15 @@ pub fn fit(
 
         // Validation.
         observer.eval_start(val.len());
+        let eval_model = s.model.detached(&s.varmap)?;
         let val_pred = match cached {
             Some((_, c)) => crate::epoch::predict(
-                &s.model,
+                &eval_model,
                 c.batches(&val, (0..val.len()).collect(), 0, eval_bs),
             )?,
             None => {
                 let b = batches(&val, &eval_pipe, loader(config, false), 0, eval_bs, &dev)?;
-                crate::epoch::predict(&s.model, b)?
+                crate::epoch::predict(&eval_model, b)?
             }
         };
         let (_, train_auc, train_acc, train_kappa) = scores(&train, &progress.predictions)?;

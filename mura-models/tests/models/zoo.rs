@@ -395,3 +395,41 @@ fn inception_v3_trains_like_timm() {
         assert!(d <= 1e-6, "gradient of {p}: {d}");
     }
 }
+
+/// The inference copy gives the eval-mode outputs of the model it came from, records no graph,
+/// and sees later updates of the weights (shared storage); ResNet-18 covers conv, BatchNorm,
+/// pooling and the head.
+#[test]
+fn detached_model_predicts_the_same_without_a_graph() {
+    let config = ModelConfig {
+        in_channels: 3,
+        input_size: Some(64),
+        ..ModelConfig::new(Arch::ResNet18)
+    };
+    let (model, varmap) = Model::with_seed(&config, 3, &Device::Cpu).unwrap();
+    let x = det_tensor(&[2, 3, 64, 64], 5, &Device::Cpu);
+    let inference = model.detached(&varmap).unwrap();
+    let (y, z) = (
+        model.forward(&x, false).unwrap(),
+        inference.forward(&x, false).unwrap(),
+    );
+    assert!(y.track_op(), "the variables' forward records a graph");
+    assert!(!z.track_op(), "the detached forward records none");
+    assert_eq!(
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        z.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    // An update of the classifier shows through.
+    let data = varmap.data().lock().unwrap();
+    let fc = data.get("fc.bias").unwrap();
+    fc.set(&(fc.as_tensor() + 1.0).unwrap()).unwrap();
+    drop(data);
+    let moved = inference.forward(&x, false).unwrap();
+    let diff = (moved - z)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(diff.iter().all(|d| (d - 1.0).abs() < 1e-5), "{diff:?}");
+}
