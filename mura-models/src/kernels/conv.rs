@@ -168,6 +168,17 @@ impl Geom {
         }
     }
 
+    /// The column matrix (K×L) of one image: the image itself when pointwise, else its im2col
+    /// written into `cols`.
+    fn columns<'a>(&self, x: &'a [f32], cols: &'a mut Vec<f32>, parallel: bool) -> &'a [f32] {
+        if self.pointwise() {
+            return x;
+        }
+        cols.resize(self.k() * self.l(), 0.0);
+        self.im2col(x, cols, parallel);
+        cols
+    }
+
     /// Adds a column matrix (K×L) back into an image gradient (C×H×W), which it overwrites.
     fn col2im(&self, cols: &[f32], dx: &mut [f32], parallel: bool) {
         let (l, taps) = (self.l(), self.kh * self.kw);
@@ -273,14 +284,7 @@ impl Conv2dOp {
         let (k, l) = (g.k(), g.l());
         let mut y = vec![0f32; g.n * g.o * l];
         for_each_image(&mut y, g.o * l, g.n, |i, yi, cols, par| {
-            let xi = &x[i * g.image()..(i + 1) * g.image()];
-            let b: &[f32] = if g.pointwise() {
-                xi
-            } else {
-                cols.resize(k * l, 0.0);
-                g.im2col(xi, cols, par);
-                cols
-            };
+            let b = g.columns(&x[i * g.image()..(i + 1) * g.image()], cols, par);
             sgemm(
                 (g.o, l, k),
                 w,
@@ -495,14 +499,7 @@ impl CustomOp2 for ConvGradWeight {
         let (k, l, ok) = (g.k(), g.l(), g.o * g.k());
         // dW = Σ_i dY_i (O×L) · cols_iᵀ (L×K), summed over the images in index order.
         let one = |i: usize, dst: &mut [f32], cols: &mut Vec<f32>, acc: bool, par: bool| {
-            let xi = &x[i * g.image()..(i + 1) * g.image()];
-            let b: &[f32] = if g.pointwise() {
-                xi
-            } else {
-                cols.resize(k * l, 0.0);
-                g.im2col(xi, cols, par);
-                cols
-            };
+            let b = g.columns(&x[i * g.image()..(i + 1) * g.image()], cols, par);
             let dyi = &dy[i * o * l..(i + 1) * o * l];
             sgemm(
                 (o, k, l),
