@@ -1,12 +1,14 @@
 //! Images/s of decode alone and of decode + resize + train augmentations + normalise, through the
-//! loader on 1 and 2 threads, over synthetic MURA-like PNGs (longer side 512) resized to 224.
+//! loader on 1 and 2 threads, over synthetic MURA-like PNGs (longer side 512) resized to 224; and
+//! the stages on one decoded image and one thread: resize + normalise (the eval preset), and resize +
+//! rotation/flips + normalise (the train preset), the difference being the warp.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use mura_augment::{AugmentConfig, Pipeline, Preprocess};
+use mura_augment::{AugmentConfig, Pipeline, Preprocess, ResizeMode};
 use mura_data::synth::{SynthConfig, generate};
-use mura_data::{IndexOptions, Loader, LoaderConfig, index};
+use mura_data::{ColorMode, DecodedImage, IndexOptions, Loader, LoaderConfig, index};
 
 fn bench_pipeline(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
@@ -60,5 +62,40 @@ fn bench_pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_pipeline);
+fn bench_stages(c: &mut Criterion) {
+    // A 410x512 gray radiograph-like ramp with texture, as the loader hands it over.
+    let (w, h) = (410u32, 512u32);
+    let image = DecodedImage {
+        width: w,
+        height: h,
+        color: ColorMode::Gray,
+        pixels: (0..w * h)
+            .map(|i| ((i % w) * 255 / w ^ (i / w) % 7 * 9) as u8)
+            .collect(),
+    };
+    let mut g = c.benchmark_group("stages_410x512_to_224_one_thread");
+    g.throughput(Throughput::Elements(1));
+    for (name, augment) in [
+        ("resize_normalise", AugmentConfig::none()),
+        ("resize_rotate_flip_normalise", AugmentConfig::mura_paper()),
+    ] {
+        // Stretched, as `mura bench pipeline` and the Python peer resize.
+        let preprocess = Preprocess {
+            mode: ResizeMode::Stretch,
+            ..Preprocess::imagenet(224)
+        };
+        let pipeline = Pipeline::new(preprocess, augment, 0).unwrap();
+        let mut dst = vec![0.0f32; pipeline.output_len()];
+        let mut i = 0u64;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i += 1;
+                pipeline.process_into(&image, 0, i, &mut dst).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_pipeline, bench_stages);
 criterion_main!(benches);

@@ -5,6 +5,7 @@ mod intensity;
 mod normalize;
 mod pipeline;
 mod resize;
+mod warp;
 
 pub use flip::{hflip_in_place, vflip_in_place};
 pub use intensity::{Clahe, percentile_window};

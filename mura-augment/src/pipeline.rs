@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::intensity::{Clahe, percentile_window};
 use crate::resize::{Filter, GrayResizer, ResizeMode};
+use crate::warp::{InverseMap, sample_row};
 use crate::{AugmentError, Normalize};
 
 /// Percentile windowing applied with a probability.
@@ -457,101 +458,15 @@ impl Pipeline {
             c.clahe.apply(&mut worker.plane, w, h)?;
         }
         worker.values.resize(w * h, 0.0);
-        render_values(&worker.plane, w, h, &params, &mut worker.values);
+        render_values(&worker.plane, (w, h), &params, &mut worker.values);
         write_channels(&worker.values, &p.normalize, p.channels, out);
         Ok(params)
     }
 }
 
-/// The inverse affine map of a [`Params`]: destination pixel (x, y) samples the source at
-/// `(x0 + m00 x + m01 y, y0 + m10 x + m11 y)` (continuous coordinates, pixel centres at k + 0.5
-/// shifted to k).
-#[derive(Debug, Clone, Copy)]
-struct InverseMap {
-    m00: f32,
-    m01: f32,
-    m10: f32,
-    m11: f32,
-    x0: f32,
-    y0: f32,
-}
-
-impl InverseMap {
-    /// Flips, then rotation by θ, scale s and shift t about the centre c, inverted:
-    /// src = flip(R(-θ) (dst - c - t) / s) + c.
-    fn new(w: usize, h: usize, params: &Params) -> Self {
-        let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
-        let (sin, cos) = params.angle_degrees.to_radians().sin_cos();
-        let inv = 1.0 / params.scale;
-        let fx = if params.hflip { -1.0 } else { 1.0 };
-        let fy = if params.vflip { -1.0 } else { 1.0 };
-        let (m00, m01) = (fx * cos * inv, fx * sin * inv);
-        let (m10, m11) = (-fy * sin * inv, fy * cos * inv);
-        // Destination pixel centre (x + 0.5, y + 0.5), relative to c + t.
-        let (dx, dy) = (0.5 - cx - params.shift.0, 0.5 - cy - params.shift.1);
-        Self {
-            m00,
-            m01,
-            m10,
-            m11,
-            x0: m00 * dx + m01 * dy + cx - 0.5,
-            y0: m10 * dx + m11 * dy + cy - 0.5,
-        }
-    }
-}
-
-/// One destination row of the geometric transform, as values in [0, 1] (black outside).
-///
-/// Source coordinates step in 16.16 fixed point and the bilinear weights are 8-bit, as in
-/// Pillow's affine transform: integer arithmetic for the blend, one conversion to float per pixel.
-fn sample_row(plane: &[u8], w: usize, h: usize, map: &InverseMap, y: usize, row: &mut [f32]) {
-    const ONE: f32 = 65536.0;
-    const INV: f32 = 1.0 / (255.0 * 65536.0);
-    let (rx, ry) = (map.x0 + map.m01 * y as f32, map.y0 + map.m11 * y as f32);
-    let (wi, hi) = (w as i32, h as i32);
-    let at = |x: i32, y: i32| -> u32 {
-        if x >= 0 && y >= 0 && x < wi && y < hi {
-            u32::from(plane[y as usize * w + x as usize])
-        } else {
-            0
-        }
-    };
-    // Fixed-point start and steps; recomputed every 64 pixels so rounding never drifts.
-    let (dx, dy) = ((map.m00 * ONE) as i64, (map.m10 * ONE) as i64);
-    for (block, chunk) in row.chunks_mut(64).enumerate() {
-        let x_start = (block * 64) as f32;
-        let mut sx = ((rx + map.m00 * x_start) * ONE).floor() as i64;
-        let mut sy = ((ry + map.m10 * x_start) * ONE).floor() as i64;
-        for out in chunk.iter_mut() {
-            let (x0, y0) = ((sx >> 16) as i32, (sy >> 16) as i32);
-            let (ax, ay) = (((sx >> 8) & 0xff) as u32, ((sy >> 8) & 0xff) as u32);
-            // No overflow whatever the map: `x0 < wi - 1` rather than `x0 + 1 < wi`, saturating
-            // neighbours, wrapping steps (found by the decode_augment fuzz target).
-            let (a, b, c, d) = if x0 >= 0 && y0 >= 0 && x0 < wi - 1 && y0 < hi - 1 {
-                let i = y0 as usize * w + x0 as usize;
-                let (top, bottom) = (&plane[i..i + 2], &plane[i + w..i + w + 2]);
-                (
-                    u32::from(top[0]),
-                    u32::from(top[1]),
-                    u32::from(bottom[0]),
-                    u32::from(bottom[1]),
-                )
-            } else {
-                let (x1, y1) = (x0.saturating_add(1), y0.saturating_add(1));
-                (at(x0, y0), at(x1, y0), at(x0, y1), at(x1, y1))
-            };
-            let top = a * (256 - ax) + b * ax;
-            let bottom = c * (256 - ax) + d * ax;
-            *out = (top * (256 - ay) + bottom * ay) as f32 * INV;
-            sx = sx.wrapping_add(dx);
-            sy = sy.wrapping_add(dy);
-        }
-    }
-}
-
 /// The geometric transform (flips, rotation, zoom, shift) and brightness/contrast of `plane`,
 /// as values in [0, 1], into `values` (`w`×`h`).
-fn render_values(plane: &[u8], w: usize, h: usize, params: &Params, values: &mut [f32]) {
+fn render_values(plane: &[u8], (w, h): (usize, usize), params: &Params, values: &mut [f32]) {
     const INV: f32 = 1.0 / 255.0;
     let map = InverseMap::new(w, h, params);
     let identity = params.is_geometric_identity();
@@ -570,7 +485,7 @@ fn render_values(plane: &[u8], w: usize, h: usize, params: &Params, values: &mut
                 }
             }
         } else {
-            sample_row(plane, w, h, &map, y, row);
+            sample_row(plane, (w, h), &map, y, row);
         }
         if intensity {
             for v in row.iter_mut() {
@@ -839,7 +754,7 @@ mod tests {
             render(&img.pixels, w, h, &p, &mut reference);
             let norm = Normalize::IMAGENET;
             let mut values = vec![0.0; w * h];
-            render_values(&img.pixels, w, h, &p, &mut values);
+            render_values(&img.pixels, (w, h), &p, &mut values);
             let mut fused = vec![0.0; 3 * w * h];
             write_channels(&values, &norm, 3, Out::Slot(&mut fused));
             let mut appended = Vec::new();

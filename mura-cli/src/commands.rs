@@ -835,15 +835,16 @@ fn cmd_bench_pipeline(a: &BenchPipelineArgs) -> Result<()> {
         AugmentConfig::mura_paper(),
         0,
     )?;
-    let decode = best_rate(a.epochs, |epoch| {
+    let decode_epoch = |epoch| -> Result<usize> {
         let mut n = 0;
         for s in loader.epoch(epoch) {
             s?;
             n += 1;
         }
         Ok(n)
-    })?;
-    let full = best_rate(a.epochs, |epoch| {
+    };
+    let full_epoch = |epoch| -> Result<usize> {
+        let pipeline = pipeline.clone();
         let epoch_samples = loader.epoch_with(epoch, move |i, img| {
             pipeline
                 .process(&img, epoch, i as u64)
@@ -858,7 +859,14 @@ fn cmd_bench_pipeline(a: &BenchPipelineArgs) -> Result<()> {
             n += 1;
         }
         Ok(n)
-    })?;
+    };
+    // Decode alone and the full pipeline take turns, so both meet the same machine (a noisy
+    // neighbour or a frequency change hits both); the best pass of each is reported.
+    let (mut decode, mut full) = (0.0f64, 0.0f64);
+    for epoch in 0..a.epochs.max(1) {
+        decode = decode.max(best_rate(1, |_| decode_epoch(epoch))?);
+        full = full.max(best_rate(1, |_| full_epoch(epoch))?);
+    }
     if a.json {
         println!(
             "{}",
