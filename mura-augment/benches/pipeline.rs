@@ -70,7 +70,7 @@ fn bench_stages(c: &mut Criterion) {
         height: h,
         color: ColorMode::Gray,
         pixels: (0..w * h)
-            .map(|i| ((i % w) * 255 / w ^ (i / w) % 7 * 9) as u8)
+            .map(|i| (((i % w) * 255 / w) ^ ((i / w) % 7 * 9)) as u8)
             .collect(),
     };
     let mut g = c.benchmark_group("stages_410x512_to_224_one_thread");

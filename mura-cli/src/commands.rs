@@ -844,7 +844,6 @@ fn cmd_bench_pipeline(a: &BenchPipelineArgs) -> Result<()> {
         Ok(n)
     };
     let full_epoch = |epoch| -> Result<usize> {
-        let pipeline = pipeline.clone();
         let epoch_samples = loader.epoch_with(epoch, move |i, img| {
             pipeline
                 .process(&img, epoch, i as u64)
