@@ -216,6 +216,8 @@ pub struct BatchNorm {
     running_var: Var,
     eps: f64,
     fallback: candle_nn::BatchNorm,
+    /// Folded into the preceding convolution by [`BatchNorm::fold_into`]: only the ReLU is left.
+    folded: bool,
 }
 
 const BN_MOMENTUM: f64 = 0.1;
@@ -248,13 +250,67 @@ pub fn batch_norm(c: usize, eps: f64, vb: VarBuilder<'_>) -> candle_core::Result
         running_var,
         eps,
         fallback,
+        folded: false,
     })
 }
 
 impl BatchNorm {
+    /// `conv` followed by this BatchNorm in evaluation mode, as one convolution (inference only):
+    /// with s = γ / √(σ² + ε) per output channel, weight × s and bias (b − μ) s + β. Returns that
+    /// convolution and this BatchNorm reduced to its ReLU; training the pair is refused. The
+    /// folded tensors are copies: later updates of the variables do not reach them.
+    pub fn fold_into(&self, conv: &Conv) -> candle_core::Result<(Conv, BatchNorm)> {
+        if self.folded {
+            candle_core::bail!("this BatchNorm is already folded into a convolution")
+        }
+        let c_out = conv.weight.dim(0)?;
+        if self.weight.dims1()? != c_out {
+            candle_core::bail!(
+                "a BatchNorm of {} channels cannot follow a convolution of {c_out}",
+                self.weight.dims1()?
+            )
+        }
+        let detach = |t: &Tensor| t.detach();
+        let (gamma, beta) = (detach(&self.weight), detach(&self.bias));
+        let mean = detach(self.running_mean.as_tensor());
+        let var = detach(self.running_var.as_tensor());
+        let scale = gamma.div(&(var + self.eps)?.sqrt()?)?;
+        let weight = detach(&conv.weight).broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+        let shift = match &conv.bias {
+            Some(b) => (detach(b) - &mean)?,
+            None => mean.neg()?,
+        };
+        let bias = ((shift * &scale)? + beta)?;
+        let folded_conv = Conv {
+            weight,
+            bias: Some(bias),
+            ..conv.clone()
+        };
+        Ok((
+            folded_conv,
+            BatchNorm {
+                folded: true,
+                ..self.clone()
+            },
+        ))
+    }
+
+    /// True once folded into a convolution by [`BatchNorm::fold_into`].
+    pub fn is_folded(&self) -> bool {
+        self.folded
+    }
+
     /// Normalises `x` (batch statistics in training, updating the running ones; running ones
     /// otherwise), then applies ReLU when `relu`.
     pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
+        if self.folded {
+            if train {
+                candle_core::bail!(
+                    "a BatchNorm folded into its convolution for inference cannot train"
+                )
+            }
+            return if relu { x.relu() } else { Ok(x.clone()) };
+        }
         if !(x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4) {
             let y = self.fallback.forward_t(x, train)?;
             return if relu { y.relu() } else { Ok(y) };

@@ -632,6 +632,22 @@ impl Model {
         Ok(m)
     }
 
+    /// [`Model::detached`] prepared for inference: every BatchNorm that follows a convolution
+    /// directly is folded into it (ResNet; the other architectures run as detached). A snapshot:
+    /// unlike `detached`, later updates of the variables do not reach the folded layers, so build
+    /// one per evaluation. Training it is refused.
+    pub fn for_inference(&self, varmap: &VarMap) -> Result<Self, ModelError> {
+        let mut m = self.detached(varmap)?;
+        if let Net::Zoo {
+            backbone: Backbone::ResNet(r),
+            ..
+        } = &mut m.net
+        {
+            r.fold_batch_norms()?;
+        }
+        Ok(m)
+    }
+
     /// Reseeds dropout (the training loop does it once per step from the run's seed).
     pub fn set_seed(&self, seed: u64) {
         self.noise.reseed(seed);

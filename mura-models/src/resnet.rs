@@ -205,6 +205,27 @@ impl ResNet {
         &self.config
     }
 
+    /// Folds every BatchNorm into the convolution before it (inference only; see
+    /// [`BatchNorm::fold_into`]).
+    pub fn fold_batch_norms(&mut self) -> candle_core::Result<()> {
+        let fold = |pair: &mut (Conv, BatchNorm)| -> candle_core::Result<()> {
+            *pair = pair.1.fold_into(&pair.0)?;
+            Ok(())
+        };
+        for (_, stage) in &mut self.stages {
+            match stage {
+                Stage::Stem { conv1, bn1 } => (*conv1, *bn1) = bn1.fold_into(conv1)?,
+                Stage::Layer(blocks) => {
+                    for b in blocks {
+                        b.convs.iter_mut().try_for_each(fold)?;
+                        b.downsample.iter_mut().try_for_each(fold)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn num_features(&self) -> usize {
         self.config.num_features()
     }

@@ -108,8 +108,9 @@ pub fn bench_model(b: &ModelBench) -> Result<BenchResult, TrainError> {
         &dev,
     )?;
     let mut optim = Optim::new(OptimizerConfig::adam(1e-4), model.trainable_vars(&varmap))?;
-    // Inference runs as evaluation does: on the weights without autograd bookkeeping.
-    let inference = model.detached(&varmap)?;
+    // Inference runs as evaluation does: on the weights without autograd bookkeeping, BatchNorm
+    // folded where it can be.
+    let inference = model.for_inference(&varmap)?;
     let mut step = || -> Result<(), TrainError> {
         match b.mode {
             BenchMode::Infer => {

@@ -175,8 +175,9 @@ impl TrainedRun {
                 ..LoadOptions::default()
             },
         )?;
-        // A trained run only predicts: no autograd graph (see `Model::detached`).
-        let model = model.detached(&varmap)?;
+        // A trained run only predicts: no autograd graph, BatchNorm folded where it can be (see
+        // `Model::for_inference`).
+        let model = model.for_inference(&varmap)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             threshold: load_threshold(dir)?,

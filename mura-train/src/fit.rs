@@ -707,7 +707,7 @@ pub fn fit(
 
         // Validation.
         observer.eval_start(val.len());
-        let eval_model = s.model.detached(&s.varmap)?;
+        let eval_model = s.model.for_inference(&s.varmap)?;
         let val_pred = match cached {
             Some((_, c)) => crate::epoch::predict(
                 &eval_model,
