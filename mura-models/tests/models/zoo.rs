@@ -396,18 +396,23 @@ fn inception_v3_trains_like_timm() {
     }
 }
 
-/// The inference copy gives the eval-mode outputs of the model it came from, records no graph,
-/// and sees later updates of the weights (shared storage); ResNet-18 covers conv, BatchNorm,
-/// pooling and the head.
-#[test]
-fn detached_model_predicts_the_same_without_a_graph() {
+/// A seeded 3-channel ResNet-18 at 64 px and a batch of two inputs for it.
+fn resnet18_and_input() -> (Model, VarMap, Tensor) {
     let config = ModelConfig {
         in_channels: 3,
         input_size: Some(64),
         ..ModelConfig::new(Arch::ResNet18)
     };
     let (model, varmap) = Model::with_seed(&config, 3, &Device::Cpu).unwrap();
-    let x = det_tensor(&[2, 3, 64, 64], 5, &Device::Cpu);
+    (model, varmap, det_tensor(&[2, 3, 64, 64], 5, &Device::Cpu))
+}
+
+/// The inference copy gives the eval-mode outputs of the model it came from, records no graph,
+/// and sees later updates of the weights (shared storage); ResNet-18 covers conv, BatchNorm,
+/// pooling and the head.
+#[test]
+fn detached_model_predicts_the_same_without_a_graph() {
+    let (model, varmap, x) = resnet18_and_input();
     let inference = model.detached(&varmap).unwrap();
     let (y, z) = (
         model.forward(&x, false).unwrap(),
@@ -439,13 +444,7 @@ fn detached_model_predicts_the_same_without_a_graph() {
 /// copy is refused. ResNet-18: stem, basic blocks and the projection shortcuts.
 #[test]
 fn folded_batch_norm_predicts_the_same_and_refuses_to_train() {
-    let config = ModelConfig {
-        in_channels: 3,
-        input_size: Some(64),
-        ..ModelConfig::new(Arch::ResNet18)
-    };
-    let (model, varmap) = Model::with_seed(&config, 3, &Device::Cpu).unwrap();
-    let x = det_tensor(&[2, 3, 64, 64], 5, &Device::Cpu);
+    let (model, varmap, x) = resnet18_and_input();
     // Running statistics from a few training passes; scales and shifts away from 1 and 0.
     for _ in 0..3 {
         model.forward(&x, true).unwrap();
