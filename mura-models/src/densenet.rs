@@ -119,6 +119,14 @@ impl DenseLayer {
         let y = self.conv1.forward(&self.norm1.forward_t(x, train)?)?;
         self.conv2.forward(&self.norm2.forward_t(&y, train)?)
     }
+
+    /// Whether a parameter of the layer takes a gradient.
+    fn trainable(&self) -> bool {
+        self.norm1.0.trainable()
+            || self.conv1.trainable()
+            || self.norm2.0.trainable()
+            || self.conv2.trainable()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +210,27 @@ impl DenseNet {
         })
     }
 
+    /// Folds the BatchNorms that follow a convolution directly (the stem's `norm0`, each dense
+    /// layer's `norm2`), with their ReLUs, into it (inference only; see
+    /// [`BatchNorm::fold_into`]). The `norm1`s and the transitions' norms come first in their
+    /// layers (pre-activation) and stay.
+    pub fn fold_batch_norms(&mut self) -> candle_core::Result<()> {
+        for (_, stage) in &mut self.stages {
+            match stage {
+                Stage::Stem { conv0, norm0 } => {
+                    (*conv0, norm0.0) = norm0.0.fold_into(conv0, true)?;
+                }
+                Stage::Block(layers) => {
+                    for l in layers {
+                        (l.conv1, l.norm2.0) = l.norm2.0.fold_into(&l.conv1, true)?;
+                    }
+                }
+                Stage::Transition(_) | Stage::Norm5(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     pub fn config(&self) -> &DenseNetConfig {
         &self.config
     }
@@ -238,6 +267,11 @@ impl DenseNet {
             Stage::Stem { conv0, norm0 } => {
                 Pool2d::max(3, 2, 1).forward(&norm0.forward_t(&conv0.forward(x)?, train)?)
             }
+            Stage::Block(layers)
+                if !train && !x.track_op() && !layers.iter().any(|l| l.trainable()) =>
+            {
+                dense_block_in_place(layers, x, self.config.growth)
+            }
             Stage::Block(layers) => {
                 let mut features = vec![x.clone()];
                 for layer in layers {
@@ -253,4 +287,26 @@ impl DenseNet {
             Stage::Norm5(n) => n.forward_t(x, train),
         }
     }
+}
+
+/// A dense block when nothing in it needs a gradient (evaluation of a detached model): every
+/// layer writes its `growth` new channels into one buffer holding the block's whole output, and
+/// reads its input as the buffer's first channels, in place. The concatenating forward copies
+/// all the features gathered so far once per layer (quadratic in the depth); this copies each
+/// channel once.
+fn dense_block_in_place(
+    layers: &[DenseLayer],
+    x: &Tensor,
+    growth: usize,
+) -> candle_core::Result<Tensor> {
+    let (n, c0, h, w) = x.dims4()?;
+    let buffer = Tensor::zeros((n, c0 + layers.len() * growth, h, w), x.dtype(), x.device())?;
+    buffer.slice_set(&x.contiguous()?, 1, 0)?;
+    let mut c = c0;
+    for layer in layers {
+        let y = layer.forward_t(&buffer.narrow(1, 0, c)?, false)?;
+        buffer.slice_set(&y.contiguous()?, 1, c)?;
+        c += growth;
+    }
+    Ok(buffer)
 }

@@ -42,6 +42,8 @@ pub struct Conv {
     stride: usize,
     padding: (usize, usize),
     dilation: usize,
+    /// A ReLU applied in the same pass (a folded conv → BatchNorm → ReLU).
+    relu: bool,
 }
 
 /// Options of [`conv`].
@@ -136,12 +138,18 @@ pub fn conv(
         stride: cfg.stride,
         padding: cfg.padding,
         dilation: cfg.dilation,
+        relu: false,
     })
 }
 
 impl Conv {
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// Whether its weight or bias takes a gradient.
+    pub fn trainable(&self) -> bool {
+        self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op)
     }
 }
 
@@ -169,7 +177,11 @@ impl Module for Conv {
                 padding: (ph, pw),
                 dilation: (d, d),
             };
-            let y = kernels::conv2d(x, &self.weight, self.bias.as_ref(), params)?;
+            let y = if self.relu {
+                kernels::conv2d_relu(x, &self.weight, self.bias.as_ref(), params)?
+            } else {
+                kernels::conv2d(x, &self.weight, self.bias.as_ref(), params)?
+            };
             add_macs((y.elem_count() * c_in * kh * kw) as u64);
             return Ok(y);
         }
@@ -190,10 +202,11 @@ impl Module for Conv {
             x.conv2d(&self.weight, 0, s, d, 1)?
         };
         add_macs((y.elem_count() * c_in * kh * kw) as u64);
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
-        }
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+            None => y,
+        };
+        if self.relu { y.relu() } else { Ok(y) }
     }
 }
 
@@ -216,8 +229,9 @@ pub struct BatchNorm {
     running_var: Var,
     eps: f64,
     fallback: candle_nn::BatchNorm,
-    /// Folded into the preceding convolution by [`BatchNorm::fold_into`]: only the ReLU is left.
-    folded: bool,
+    /// Folded into the preceding convolution by [`BatchNorm::fold_into`], with (`Some(true)`) or
+    /// without the ReLU that follows it.
+    folded: Option<bool>,
 }
 
 const BN_MOMENTUM: f64 = 0.1;
@@ -250,17 +264,18 @@ pub fn batch_norm(c: usize, eps: f64, vb: VarBuilder<'_>) -> candle_core::Result
         running_var,
         eps,
         fallback,
-        folded: false,
+        folded: None,
     })
 }
 
 impl BatchNorm {
     /// `conv` followed by this BatchNorm in evaluation mode, as one convolution (inference only):
-    /// with s = γ / √(σ² + ε) per output channel, weight × s and bias (b − μ) s + β. Returns that
-    /// convolution and this BatchNorm reduced to its ReLU; training the pair is refused. The
-    /// folded tensors are copies: later updates of the variables do not reach them.
-    pub fn fold_into(&self, conv: &Conv) -> candle_core::Result<(Conv, BatchNorm)> {
-        if self.folded {
+    /// with s = γ / √(σ² + ε) per output channel, weight × s and bias (b − μ) s + β, and the
+    /// ReLU that follows fused into it when `relu`. Returns that convolution and this BatchNorm
+    /// reduced to what is left of it (nothing, or the ReLU when not fused); training the pair is
+    /// refused. The folded tensors are copies: later updates of the variables do not reach them.
+    pub fn fold_into(&self, conv: &Conv, relu: bool) -> candle_core::Result<(Conv, BatchNorm)> {
+        if self.folded.is_some() {
             candle_core::bail!("this BatchNorm is already folded into a convolution")
         }
         let c_out = conv.weight.dim(0)?;
@@ -284,32 +299,44 @@ impl BatchNorm {
         let folded_conv = Conv {
             weight,
             bias: Some(bias),
+            relu: conv.relu || relu,
             ..conv.clone()
         };
         Ok((
             folded_conv,
             BatchNorm {
-                folded: true,
+                folded: Some(relu),
                 ..self.clone()
             },
         ))
     }
 
+    /// Whether its scale or shift takes a gradient.
+    pub fn trainable(&self) -> bool {
+        self.weight.track_op() || self.bias.track_op()
+    }
+
     /// True once folded into a convolution by [`BatchNorm::fold_into`].
     pub fn is_folded(&self) -> bool {
-        self.folded
+        self.folded.is_some()
     }
 
     /// Normalises `x` (batch statistics in training, updating the running ones; running ones
     /// otherwise), then applies ReLU when `relu`.
     pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
-        if self.folded {
+        if let Some(fused) = self.folded {
             if train {
                 candle_core::bail!(
                     "a BatchNorm folded into its convolution for inference cannot train"
                 )
             }
-            return if relu { x.relu() } else { Ok(x.clone()) };
+            return match (relu, fused) {
+                (true, false) => x.relu(),
+                (false, true) => {
+                    candle_core::bail!("a BatchNorm folded with its ReLU was called without one")
+                }
+                _ => Ok(x.clone()),
+            };
         }
         if !(x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4) {
             let y = self.fallback.forward_t(x, train)?;

@@ -633,17 +633,18 @@ impl Model {
     }
 
     /// [`Model::detached`] prepared for inference: every BatchNorm that follows a convolution
-    /// directly is folded into it (ResNet; the other architectures run as detached). A snapshot:
-    /// unlike `detached`, later updates of the variables do not reach the folded layers, so build
-    /// one per evaluation. Training it is refused.
+    /// directly is folded into it, with the ReLU after it (ResNet, DenseNet's stem and
+    /// bottlenecks; the other architectures run as detached). A snapshot: unlike `detached`, later
+    /// updates of the variables do not reach the folded layers, so build one per evaluation.
+    /// Training it is refused.
     pub fn for_inference(&self, varmap: &VarMap) -> Result<Self, ModelError> {
         let mut m = self.detached(varmap)?;
-        if let Net::Zoo {
-            backbone: Backbone::ResNet(r),
-            ..
-        } = &mut m.net
-        {
-            r.fold_batch_norms()?;
+        if let Net::Zoo { backbone, .. } = &mut m.net {
+            match backbone {
+                Backbone::ResNet(r) => r.fold_batch_norms()?,
+                Backbone::DenseNet(d) => d.fold_batch_norms()?,
+                Backbone::Inception(_) => {}
+            }
         }
         Ok(m)
     }

@@ -208,17 +208,24 @@ impl ResNet {
     /// Folds every BatchNorm into the convolution before it (inference only; see
     /// [`BatchNorm::fold_into`]).
     pub fn fold_batch_norms(&mut self) -> candle_core::Result<()> {
-        let fold = |pair: &mut (Conv, BatchNorm)| -> candle_core::Result<()> {
-            *pair = pair.1.fold_into(&pair.0)?;
+        let fold = |(conv, bn): &mut (Conv, BatchNorm), relu: bool| -> candle_core::Result<()> {
+            (*conv, *bn) = bn.fold_into(conv, relu)?;
             Ok(())
         };
         for (_, stage) in &mut self.stages {
             match stage {
-                Stage::Stem { conv1, bn1 } => (*conv1, *bn1) = bn1.fold_into(conv1)?,
+                Stage::Stem { conv1, bn1 } => (*conv1, *bn1) = bn1.fold_into(conv1, true)?,
                 Stage::Layer(blocks) => {
                     for b in blocks {
-                        b.convs.iter_mut().try_for_each(fold)?;
-                        b.downsample.iter_mut().try_for_each(fold)?;
+                        // As `Block::forward_t`: a ReLU after every BatchNorm but the last,
+                        // whose output meets the shortcut first.
+                        let last = b.convs.len() - 1;
+                        for (i, pair) in b.convs.iter_mut().enumerate() {
+                            fold(pair, i < last)?;
+                        }
+                        if let Some(pair) = &mut b.downsample {
+                            fold(pair, false)?;
+                        }
                     }
                 }
             }

@@ -10,7 +10,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{Stored, sgemm};
+use std::mem::MaybeUninit;
+
+use super::gemm::{Stored, fresh, sgemm, sgemm_fresh};
 use super::{f32_slice, per_image_parallel};
 
 /// Stride, zero padding and dilation of a convolution, each (height, width).
@@ -223,11 +225,11 @@ impl Geom {
 
 /// Runs `f(image index, output slot, scratch, parallel kernels)` over the images of a batch:
 /// spread over threads image by image when there are enough images, else one at a time.
-fn for_each_image(
-    out: &mut [f32],
+fn for_each_image<T: Send>(
+    out: &mut [T],
     per_image: usize,
     n: usize,
-    f: impl Fn(usize, &mut [f32], &mut Vec<f32>, bool) -> candle_core::Result<()> + Sync,
+    f: impl Fn(usize, &mut [T], &mut Vec<f32>, bool) -> candle_core::Result<()> + Sync,
 ) -> candle_core::Result<()> {
     if per_image == 0 {
         return Ok(());
@@ -254,14 +256,46 @@ pub fn conv2d(
     bias: Option<&Tensor>,
     params: Conv2dParams,
 ) -> candle_core::Result<Tensor> {
+    apply(
+        x,
+        weight,
+        bias,
+        Conv2dOp {
+            params,
+            relu: false,
+        },
+    )
+}
+
+/// [`conv2d`] followed by ReLU in the same pass over the output (its backward masks the gradient
+/// where the output is zero).
+pub fn conv2d_relu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    params: Conv2dParams,
+) -> candle_core::Result<Tensor> {
+    apply(x, weight, bias, Conv2dOp { params, relu: true })
+}
+
+fn apply(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    op: Conv2dOp,
+) -> candle_core::Result<Tensor> {
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
-        None => x.apply_op2(&weight, Conv2dOp(params)),
-        Some(b) => x.apply_op3(&weight, &b.contiguous()?, Conv2dOp(params)),
+        None => x.apply_op2(&weight, op),
+        Some(b) => x.apply_op3(&weight, &b.contiguous()?, op),
     }
 }
 
-struct Conv2dOp(Conv2dParams);
+/// The convolution, then the ReLU when `relu`.
+struct Conv2dOp {
+    params: Conv2dParams,
+    relu: bool,
+}
 
 impl Conv2dOp {
     fn forward(
@@ -270,7 +304,7 @@ impl Conv2dOp {
         (s2, l2): (&CpuStorage, &Layout),
         bias: Option<(&CpuStorage, &Layout)>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), self.0)?;
+        let g = Geom::new(l1.dims(), l2.dims(), self.params)?;
         let x = f32_slice(s1, l1, "conv2d")?;
         let w = f32_slice(s2, l2, "conv2d")?;
         let bias = bias
@@ -282,27 +316,37 @@ impl Conv2dOp {
             candle_core::bail!("conv2d: {} output channels but {} biases", g.o, b.len())
         }
         let (k, l) = (g.k(), g.l());
-        let mut y = vec![0f32; g.n * g.o * l];
-        for_each_image(&mut y, g.o * l, g.n, |i, yi, cols, par| {
+        let image = |i: usize, yi: &mut [MaybeUninit<f32>], cols: &mut Vec<f32>, par: bool| {
             let b = g.columns(&x[i * g.image()..(i + 1) * g.image()], cols, par);
-            sgemm(
-                (g.o, l, k),
-                w,
-                Stored::AsIs,
-                b,
-                Stored::AsIs,
-                yi,
-                false,
-                par,
-            )?;
-            if let Some(bias) = bias {
-                for (row, b) in yi.chunks_mut(l).zip(bias) {
-                    row.iter_mut().for_each(|v| *v += b);
+            let yi = sgemm_fresh((g.o, l, k), w, Stored::AsIs, b, Stored::AsIs, yi, par)?;
+            if bias.is_some() || self.relu {
+                let zero = [0f32];
+                let shifts = bias.unwrap_or(&zero).iter().cycle();
+                for (row, &b) in yi.chunks_mut(l).zip(shifts) {
+                    if self.relu {
+                        row.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+                    } else {
+                        row.iter_mut().for_each(|v| *v += b);
+                    }
                 }
             }
             Ok(())
-        })?;
+        };
+        // SAFETY: the images' slots partition the output and `sgemm_fresh` writes every element
+        // of each (o × l) slot before `image` returns `Ok`.
+        #[allow(unsafe_code)]
+        let y = unsafe { fresh(g.n * g.o * l, |y| for_each_image(y, g.o * l, g.n, image))? };
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
+    }
+
+    /// The gradient reaching the convolution itself: `grad` where the ReLU passed its input,
+    /// zero where it cut it (the output is zero there), contiguous.
+    fn pre_act(&self, out: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+        if self.relu {
+            grad.mul(&out.gt(0f32)?.to_dtype(grad.dtype())?)
+        } else {
+            grad.contiguous()
+        }
     }
 
     /// The gradients of the input (when it needs one) and of the weight.
@@ -314,13 +358,13 @@ impl Conv2dOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = if x.track_op() {
             let (_, _, h, w) = x.dims4()?;
-            Some(weight.apply_op2_no_bwd(grad, &ConvGradInput(self.0, (h, w)))?)
+            Some(weight.apply_op2_no_bwd(grad, &ConvGradInput(self.params, (h, w)))?)
         } else {
             None
         };
         let dw = if weight.track_op() {
             let (_, _, kh, kw) = weight.dims4()?;
-            Some(x.apply_op2_no_bwd(grad, &ConvGradWeight(self.0, (kh, kw)))?)
+            Some(x.apply_op2_no_bwd(grad, &ConvGradWeight(self.params, (kh, kw)))?)
         } else {
             None
         };
@@ -347,10 +391,10 @@ impl CustomOp2 for Conv2dOp {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        self.grads(x, weight, &grad.contiguous()?)
+        self.grads(x, weight, &self.pre_act(res, grad)?)
     }
 }
 
@@ -376,10 +420,10 @@ impl CustomOp3 for Conv2dOp {
         x: &Tensor,
         weight: &Tensor,
         bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+        let grad = self.pre_act(res, grad)?;
         let (dx, dw) = self.grads(x, weight, &grad)?;
         let db = bias
             .track_op()
@@ -730,6 +774,47 @@ mod tests {
         let bad = Tensor::zeros(3, DType::F32, &dev).unwrap();
         let err = conv2d(&x, &wt, Some(&bad), p).unwrap_err().to_string();
         assert!(err.contains("4 output channels but 3 biases"), "{err}");
+    }
+
+    /// The fused ReLU gives relu(conv + bias) and the gradients of candle's own ReLU after the
+    /// convolution, for the input, the weight and the bias (about half the outputs are cut).
+    #[test]
+    fn fused_relu_matches_relu_after_the_convolution() {
+        let dev = Device::Cpu;
+        let p = params((1, 2), (1, 1), (1, 1));
+        let x = Var::from_vec(rand_vec(2 * 3 * 7 * 6, 11), (2, 3, 7, 6), &dev).unwrap();
+        let wt = Var::from_vec(rand_vec(5 * 3 * 3 * 3, 12), (5, 3, 3, 3), &dev).unwrap();
+        let b = Var::from_vec(rand_vec(5, 13), 5, &dev).unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for bias in [None, Some(b.as_tensor())] {
+            let want = conv2d(&x, &wt, bias, p).unwrap().relu().unwrap();
+            let got = conv2d_relu(&x, &wt, bias, p).unwrap();
+            assert_eq!(v(&got), v(&want));
+            let cut = v(&got).iter().filter(|e| **e == 0.0).count();
+            assert!(
+                cut > got.elem_count() / 4 && cut < got.elem_count() * 3 / 4,
+                "{cut}"
+            );
+            let dy = Tensor::from_vec(rand_vec(got.elem_count(), 14), got.shape(), &dev).unwrap();
+            let gw = (&want * &dy)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gg = (&got * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [x.as_tensor(), wt.as_tensor(), b.as_tensor()] {
+                match (gw.get(t), gg.get(t)) {
+                    (Some(a), Some(c)) => close(
+                        &v(c),
+                        &v(a).iter().map(|e| f64::from(*e)).collect::<Vec<_>>(),
+                        "fused ReLU gradient",
+                    ),
+                    (None, None) => assert!(bias.is_none(), "only an absent bias has no gradient"),
+                    _ => panic!("the gradients disagree on what gets one"),
+                }
+            }
+        }
     }
 
     #[test]

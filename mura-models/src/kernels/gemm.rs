@@ -1,7 +1,10 @@
-//! The crate's one call into `unsafe` code: a bounds-checked wrapper over the `gemm` crate (the
-//! pure-Rust GEMM candle itself uses on CPU).
+//! The crate's calls into `unsafe` code: a bounds-checked wrapper over the `gemm` crate (the
+//! pure-Rust GEMM candle itself uses on CPU), and output buffers handed out before they are
+//! written ([`fresh`]), which spares every op the zero-fill of `vec![0.0; n]`.
 
 #![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
 
 /// How an operand of [`sgemm`] is stored: row-major as itself, or row-major as its transpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,7 +19,7 @@ pub(crate) enum Stored {
 /// writes out of bounds.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     a: &[f32],
     sa: Stored,
     b: &[f32],
@@ -25,23 +28,99 @@ pub(crate) fn sgemm(
     accumulate: bool,
     parallel: bool,
 ) -> candle_core::Result<()> {
+    check(dims, a, b, c.len())?;
+    // SAFETY: `check` proved `c` holds m·n elements, all initialised; `c` is borrowed mutably,
+    // so it aliases neither operand.
+    unsafe { product(dims, a, sa, b, sb, c.as_mut_ptr(), accumulate, parallel) };
+    Ok(())
+}
+
+/// `c = a·b` into storage that was never written (a fresh output buffer, spared its zero-fill),
+/// as [`sgemm`]; returns the first m·n elements of `c`, all written.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_fresh<'c>(
+    dims: (usize, usize, usize),
+    a: &[f32],
+    sa: Stored,
+    b: &[f32],
+    sb: Stored,
+    c: &'c mut [MaybeUninit<f32>],
+    parallel: bool,
+) -> candle_core::Result<&'c mut [f32]> {
+    let (m, n, _) = dims;
+    check(dims, a, b, c.len())?;
+    let c = &mut c[..m * n];
+    // SAFETY: as in `sgemm`; without `accumulate` `product` reads nothing of `c` and writes all
+    // of its m·n elements (the GEMM stores every output, a zero-depth product stores zeros), so
+    // afterwards they are initialised f32 values and the slice may be viewed as `[f32]`
+    // (`MaybeUninit<f32>` has the layout of `f32`).
+    unsafe {
+        product(dims, a, sa, b, sb, c.as_mut_ptr().cast(), false, parallel);
+        Ok(std::slice::from_raw_parts_mut(c.as_mut_ptr().cast(), m * n))
+    }
+}
+
+/// A vector of `len` f32 that `init` writes in full, without the zero-fill of `vec![0.0; len]`
+/// (a memset of every op output that was up to 14% of an inference profile). `init` gets the
+/// unwritten storage; on `Err` the storage is dropped unread.
+///
+/// # Safety
+/// When it returns `Ok`, `init` must have written every element of the slice it was given.
+pub(crate) unsafe fn fresh<E>(
+    len: usize,
+    init: impl FnOnce(&mut [MaybeUninit<f32>]) -> Result<(), E>,
+) -> Result<Vec<f32>, E> {
+    let mut v = Vec::with_capacity(len);
+    init(&mut v.spare_capacity_mut()[..len])?;
+    // SAFETY: the capacity is at least `len`, and the caller's contract says `init` wrote all of
+    // the first `len` elements.
+    unsafe { v.set_len(len) };
+    Ok(v)
+}
+
+/// Refuses operands shorter than their matrices.
+fn check(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    b: &[f32],
+    c_len: usize,
+) -> candle_core::Result<()> {
     let (mk, kn, mn) = (m * k, k * n, m * n);
-    if a.len() < mk || b.len() < kn || c.len() < mn {
+    if a.len() < mk || b.len() < kn || c_len < mn {
         candle_core::bail!(
-            "gemm: {m}×{k} · {k}×{n} needs slices of {mk}, {kn} and {mn} elements, got {}, {} and {}",
+            "gemm: {m}×{k} · {k}×{n} needs slices of {mk}, {kn} and {mn} elements, got {}, {} and {c_len}",
             a.len(),
             b.len(),
-            c.len()
         )
     }
-    if mn == 0 {
-        return Ok(());
+    Ok(())
+}
+
+/// The product itself.
+///
+/// # Safety
+/// `a` and `b` hold at least m·k and k·n elements (checked by [`check`]), `c` points to m·n
+/// writable elements that alias neither, initialised when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    sa: Stored,
+    b: &[f32],
+    sb: Stored,
+    c: *mut f32,
+    accumulate: bool,
+    parallel: bool,
+) {
+    if m * n == 0 {
+        return;
     }
     if k == 0 {
         if !accumulate {
-            c[..mn].fill(0.0);
+            // SAFETY: m·n writable elements (the caller's contract).
+            unsafe { std::ptr::write_bytes(c, 0, m * n) };
         }
-        return Ok(());
+        return;
     }
     let (m_i, n_i, k_i) = (m as isize, n as isize, k as isize);
     // (column stride, row stride) of each logical operand.
@@ -60,15 +139,15 @@ pub(crate) fn sgemm(
         gemm::Parallelism::None
     };
     // SAFETY: with the strides above, the largest offset `gemm` touches is (m-1)·k + (k-1) < m·k
-    // in `a` (either storage), (k-1)·n + (n-1) < k·n in `b` and (m-1)·n + (n-1) < m·n in `c`, all
-    // checked against the slice lengths above; `c` is borrowed mutably, so it aliases neither
-    // operand. `gemm` computes c := 1·c + 1·(a·b) when `read_dst`, c := a·b otherwise.
+    // in `a` (either storage), (k-1)·n + (n-1) < k·n in `b` and (m-1)·n + (n-1) < m·n in `c`,
+    // within the lengths of the caller's contract. `gemm` computes c := 1·c + 1·(a·b) when
+    // `read_dst`, c := a·b otherwise (then reading nothing of `c`).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             n_i,
             accumulate,
@@ -86,7 +165,6 @@ pub(crate) fn sgemm(
             parallelism,
         );
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -142,6 +220,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Into storage holding garbage (NaN), the fresh product writes every element, as `sgemm`;
+    /// `fresh` hands the storage back as a vector of those values.
+    #[test]
+    fn fresh_product_writes_every_element() {
+        let (m, n, k) = (9, 13, 6);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.5).collect();
+        for parallel in [false, true] {
+            for depth in [k, 0] {
+                let mut want = vec![f32::NAN; m * n];
+                sgemm(
+                    (m, n, depth),
+                    &a,
+                    Stored::AsIs,
+                    &b,
+                    Stored::Transposed,
+                    &mut want,
+                    false,
+                    parallel,
+                )
+                .unwrap();
+                let mut c = vec![MaybeUninit::new(f32::NAN); m * n + 3];
+                let got = sgemm_fresh(
+                    (m, n, depth),
+                    &a,
+                    Stored::AsIs,
+                    &b,
+                    Stored::Transposed,
+                    &mut c,
+                    parallel,
+                )
+                .unwrap();
+                assert_eq!(got, &want[..]);
+            }
+        }
+        // SAFETY: the closure writes all 5 elements.
+        let v = unsafe {
+            fresh(5, |s| {
+                s.iter_mut().enumerate().for_each(|(i, e)| {
+                    e.write(i as f32);
+                });
+                Ok::<(), ()>(())
+            })
+        };
+        assert_eq!(v, Ok(vec![0.0, 1.0, 2.0, 3.0, 4.0]));
+        // SAFETY: on `Err` nothing is read.
+        let e = unsafe { fresh(5, |_| Err::<(), _>("refused")) };
+        assert_eq!(e, Err("refused"));
     }
 
     #[test]

@@ -8,7 +8,10 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use std::mem::MaybeUninit;
+
+use super::gemm::fresh;
+use super::{Images, f32_slice};
 
 /// (N, C, H·W) of a 4-D layout.
 fn dims(layout: &Layout, op: &str) -> candle_core::Result<(usize, usize, usize)> {
@@ -128,7 +131,13 @@ pub fn batch_norm_eval(
     let scale = gamma.div(&(running_var + eps)?.sqrt()?)?;
     let shift = (beta - running_mean.mul(&scale)?)?;
     let ss = Tensor::cat(&[&scale, &shift], 0)?;
-    x.contiguous()?.apply_op2(&ss, BnEval { relu })
+    // A channel range of a wider tensor (DenseNet's block buffer) is read in place.
+    let x = if Images::fits(x.layout()) {
+        x.clone()
+    } else {
+        x.contiguous()?
+    };
+    x.apply_op2(&ss, BnEval { relu })
 }
 
 /// (x, γ, β) → [y (N·C·H·W), mean (C), biased variance (C)].
@@ -266,23 +275,27 @@ impl CustomOp2 for BnEval {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = "batch norm";
         let (n, c, hw) = dims(l1, op)?;
-        let x = f32_slice(s1, l1, op)?;
+        let x = Images::of(s1, l1, op)?;
         let ss = f32_slice(s2, l2, op)?;
         if ss.len() != 2 * c {
             candle_core::bail!("{op}: {c} channels but {} scale and shift values", ss.len())
         }
-        let mut y = vec![0f32; n * c * hw];
-        if hw > 0 {
-            y.par_chunks_mut(hw)
-                .zip(x.par_chunks(hw))
-                .enumerate()
-                .for_each(|(p, (yp, xp))| {
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            if hw > 0 {
+                y.par_chunks_mut(hw).enumerate().for_each(|(p, yp)| {
                     let (scale, shift) = (ss[p % c], ss[c + p % c]);
+                    let xp = x.plane(p / c, p % c, hw);
                     for (o, v) in yp.iter_mut().zip(xp) {
-                        *o = affine(*v, scale, shift, self.relu);
+                        o.write(affine(*v, scale, shift, self.relu));
                     }
                 });
-        }
+            }
+            Ok::<(), candle_core::Error>(())
+        };
+        // SAFETY: the N·C planes of hw elements partition the output, and each plane of the input
+        // holds hw elements (`Images::of` checked the extent), so every element is written.
+        #[allow(unsafe_code)]
+        let y = unsafe { fresh(n * c * hw, fill)? };
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -294,7 +307,7 @@ impl CustomOp2 for BnEval {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let numel = x.elem_count();
-        let packed = x.apply_op3_no_bwd(
+        let packed = x.contiguous()?.apply_op3_no_bwd(
             &grad.contiguous()?,
             ss,
             &BnBackward {
@@ -514,6 +527,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A channel range of a wider tensor (DenseNet's block buffer) is normalised in place, as
+    /// its contiguous copy would be.
+    #[test]
+    fn evaluation_reads_a_channel_range_in_place() {
+        let dev = Device::Cpu;
+        let wide =
+            Tensor::from_vec(rand_vec(3 * 7 * 4 * 5, 21, -2.0, 2.0), (3, 7, 4, 5), &dev).unwrap();
+        let x = wide.narrow(1, 0, 4).unwrap();
+        assert!(!x.is_contiguous());
+        let c = |seed| Tensor::from_vec(rand_vec(4, seed, -1.0, 1.0), 4, &dev).unwrap();
+        let var = (c(25).abs().unwrap() + 0.5).unwrap();
+        let (g, b, m) = (c(22), c(23), c(24));
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for relu in [false, true] {
+            let got = batch_norm_eval(&x, &g, &b, &m, &var, 1e-5, relu).unwrap();
+            let copy = x.contiguous().unwrap();
+            let want = batch_norm_eval(&copy, &g, &b, &m, &var, 1e-5, relu).unwrap();
+            assert_eq!(v(&got), v(&want));
+            assert_eq!(got.dims(), [3, 4, 4, 5]);
+        }
+        // A range that does not start at channel 0 works too; a transposed view is copied first.
+        let mid = wide.narrow(1, 2, 4).unwrap();
+        let got = batch_norm_eval(&mid, &g, &b, &m, &var, 1e-5, false).unwrap();
+        let want =
+            batch_norm_eval(&mid.contiguous().unwrap(), &g, &b, &m, &var, 1e-5, false).unwrap();
+        assert_eq!(v(&got), v(&want));
+        let t = wide.narrow(1, 0, 4).unwrap().transpose(2, 3).unwrap();
+        let got = batch_norm_eval(&t, &g, &b, &m, &var, 1e-5, false).unwrap();
+        let want =
+            batch_norm_eval(&t.contiguous().unwrap(), &g, &b, &m, &var, 1e-5, false).unwrap();
+        assert_eq!(v(&got), v(&want));
     }
 
     #[test]

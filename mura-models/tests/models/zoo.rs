@@ -441,45 +441,68 @@ fn detached_model_predicts_the_same_without_a_graph() {
 
 /// BatchNorm folded into the convolutions (`Model::for_inference`) gives the eval-mode outputs to
 /// within f32 rounding, with non-trivial running statistics, scales and shifts; training the folded
-/// copy is refused. ResNet-18: stem, basic blocks and the projection shortcuts.
+/// copy is refused. ResNet-18: stem, basic blocks (a BatchNorm with and one without the ReLU
+/// fused) and the projection shortcuts. DenseNet-121: the stem and every bottleneck folded, and
+/// the dense blocks run in place (one buffer, no concatenation) against the concatenating
+/// forward of the model with variables.
 #[test]
 fn folded_batch_norm_predicts_the_same_and_refuses_to_train() {
-    let (model, varmap, x) = resnet18_and_input();
-    // Running statistics from a few training passes; scales and shifts away from 1 and 0.
-    for _ in 0..3 {
-        model.forward(&x, true).unwrap();
-    }
-    {
-        let data = varmap.data().lock().unwrap();
-        for (i, (name, var)) in data.iter().enumerate() {
-            let is_bn = name.contains("bn") || name.contains("downsample.1");
-            if is_bn && (name.ends_with(".weight") || name.ends_with(".bias")) {
-                let n = var.as_tensor().dims1().unwrap();
-                let t = det_tensor(&[n], 100 + i as u64, &Device::Cpu);
-                let t = if name.ends_with(".weight") {
-                    (t * 0.5).unwrap() + 1.0
-                } else {
-                    t * 0.3
-                };
-                var.set(&t.unwrap()).unwrap();
+    let densenet = ModelConfig {
+        in_channels: 3,
+        input_size: Some(64),
+        ..ModelConfig::new(Arch::DenseNet121)
+    };
+    let (d_model, d_varmap) = Model::with_seed(&densenet, 4, &Device::Cpu).unwrap();
+    let d_x = det_tensor(&[2, 3, 64, 64], 6, &Device::Cpu);
+    let (r_model, r_varmap, r_x) = resnet18_and_input();
+    let resnet_bn = |n: &str| n.contains("bn") || n.contains("downsample.1");
+    let densenet_bn = |n: &str| n.contains("norm");
+    for (model, varmap, x, is_bn) in [
+        (r_model, r_varmap, r_x, &resnet_bn as &dyn Fn(&str) -> bool),
+        (d_model, d_varmap, d_x, &densenet_bn),
+    ] {
+        // Running statistics from a few training passes; scales and shifts away from 1 and 0.
+        for _ in 0..3 {
+            model.forward(&x, true).unwrap();
+        }
+        {
+            let data = varmap.data().lock().unwrap();
+            for (i, (name, var)) in data.iter().enumerate() {
+                if is_bn(name) && (name.ends_with(".weight") || name.ends_with(".bias")) {
+                    let n = var.as_tensor().dims1().unwrap();
+                    let t = det_tensor(&[n], 100 + i as u64, &Device::Cpu);
+                    let t = if name.ends_with(".weight") {
+                        (t * 0.5).unwrap() + 1.0
+                    } else {
+                        t * 0.3
+                    };
+                    var.set(&t.unwrap()).unwrap();
+                }
             }
         }
+        let want = model.forward(&x, false).unwrap();
+        let folded = model.for_inference(&varmap).unwrap();
+        let got = folded.forward(&x, false).unwrap();
+        let (want, got) = (
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let arch = model.config().arch;
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = want
+            .iter()
+            .zip(&got)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            scale > 0.1,
+            "{arch:?}: outputs too small to compare: {want:?}"
+        );
+        // Folding reorders f32 products through 20-120 layers: 1e-4 of the output scale.
+        assert!(
+            worst <= 1e-4 * scale,
+            "{arch:?}: worst {worst} at scale {scale}"
+        );
+        let err = folded.forward(&x, true).unwrap_err().to_string();
+        assert!(err.contains("folded"), "{err}");
     }
-    let want = model.forward(&x, false).unwrap();
-    let folded = model.for_inference(&varmap).unwrap();
-    let got = folded.forward(&x, false).unwrap();
-    let (want, got) = (
-        want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-        got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-    );
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = want
-        .iter()
-        .zip(&got)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(scale > 0.1, "outputs too small to compare: {want:?}");
-    // Folding reorders f32 products through ~20 layers: 1e-4 of the output scale.
-    assert!(worst <= 1e-4 * scale, "worst {worst} at scale {scale}");
-    let err = folded.forward(&x, true).unwrap_err().to_string();
-    assert!(err.contains("folded"), "{err}");
 }
