@@ -74,6 +74,19 @@ pub struct InceptionA {
 }
 
 impl InceptionA {
+    /// Every convolution of the block.
+    fn convs_mut(&mut self) -> Vec<&mut ConvBnAct> {
+        vec![
+            &mut self.branch1x1,
+            &mut self.branch5x5_1,
+            &mut self.branch5x5_2,
+            &mut self.branch3x3dbl_1,
+            &mut self.branch3x3dbl_2,
+            &mut self.branch3x3dbl_3,
+            &mut self.branch_pool,
+        ]
+    }
+
     pub fn new(c_in: usize, pool_features: usize, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(Self {
             branch1x1: cba(c_in, 64, k(1), &vb, "branch1x1")?,
@@ -119,6 +132,16 @@ pub struct InceptionB {
 }
 
 impl InceptionB {
+    /// Every convolution of the block.
+    fn convs_mut(&mut self) -> Vec<&mut ConvBnAct> {
+        vec![
+            &mut self.branch3x3,
+            &mut self.branch3x3dbl_1,
+            &mut self.branch3x3dbl_2,
+            &mut self.branch3x3dbl_3,
+        ]
+    }
+
     pub fn new(c_in: usize, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(Self {
             branch3x3: cba(c_in, 384, k(3).stride(2), &vb, "branch3x3")?,
@@ -160,6 +183,14 @@ pub struct InceptionC {
 }
 
 impl InceptionC {
+    /// Every convolution of the block.
+    fn convs_mut(&mut self) -> Vec<&mut ConvBnAct> {
+        let mut v = vec![&mut self.branch1x1, &mut self.branch_pool];
+        v.extend(&mut self.branch7x7);
+        v.extend(&mut self.branch7x7dbl);
+        v
+    }
+
     pub fn new(c_in: usize, c7: usize, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(Self {
             branch1x1: cba(c_in, 192, k(1), &vb, "branch1x1")?,
@@ -200,6 +231,14 @@ pub struct InceptionD {
 }
 
 impl InceptionD {
+    /// Every convolution of the block.
+    fn convs_mut(&mut self) -> Vec<&mut ConvBnAct> {
+        self.branch3x3
+            .iter_mut()
+            .chain(&mut self.branch7x7x3)
+            .collect()
+    }
+
     pub fn new(c_in: usize, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(Self {
             branch3x3: [
@@ -244,6 +283,21 @@ pub struct InceptionE {
 }
 
 impl InceptionE {
+    /// Every convolution of the block.
+    fn convs_mut(&mut self) -> Vec<&mut ConvBnAct> {
+        vec![
+            &mut self.branch1x1,
+            &mut self.branch3x3_1,
+            &mut self.branch3x3_2a,
+            &mut self.branch3x3_2b,
+            &mut self.branch3x3dbl_1,
+            &mut self.branch3x3dbl_2,
+            &mut self.branch3x3dbl_3a,
+            &mut self.branch3x3dbl_3b,
+            &mut self.branch_pool,
+        ]
+    }
+
     pub fn new(c_in: usize, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(Self {
             branch1x1: cba(c_in, 320, k(1), &vb, "branch1x1")?,
@@ -378,6 +432,24 @@ impl InceptionV3 {
             ),
         ];
         Ok(Self { stages })
+    }
+
+    /// Folds every BatchNorm, with its ReLU, into the convolution before it (inference only;
+    /// see [`crate::layers::BatchNorm::fold_into`]): Inception-v3 is conv → BN → ReLU throughout.
+    pub fn fold_batch_norms(&mut self) -> candle_core::Result<()> {
+        for (_, stage) in &mut self.stages {
+            let convs = match stage {
+                Stage::Conv(c) => vec![c],
+                Stage::MaxPool => vec![],
+                Stage::A(b) => b.convs_mut(),
+                Stage::B(b) => b.convs_mut(),
+                Stage::C(b) => b.convs_mut(),
+                Stage::D(b) => b.convs_mut(),
+                Stage::E(b) => b.convs_mut(),
+            };
+            convs.into_iter().try_for_each(ConvBnAct::fold)?;
+        }
+        Ok(())
     }
 
     pub fn stage_names(&self) -> Vec<String> {

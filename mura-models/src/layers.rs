@@ -387,6 +387,15 @@ pub fn conv_bn_act(
     })
 }
 
+impl ConvBnAct {
+    /// Folds the BatchNorm and the ReLU into the convolution (inference only; see
+    /// [`BatchNorm::fold_into`]).
+    pub fn fold(&mut self) -> candle_core::Result<()> {
+        (self.conv, self.bn) = self.bn.fold_into(&self.conv, true)?;
+        Ok(())
+    }
+}
+
 impl ModuleT for ConvBnAct {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.bn.forward_act(&self.conv.forward(x)?, train, true)

@@ -633,8 +633,8 @@ impl Model {
     }
 
     /// [`Model::detached`] prepared for inference: every BatchNorm that follows a convolution
-    /// directly is folded into it, with the ReLU after it (ResNet, DenseNet's stem and
-    /// bottlenecks; the other architectures run as detached). A snapshot: unlike `detached`, later
+    /// directly is folded into it, with the ReLU after it (ResNet, Inception-v3, DenseNet's stem
+    /// and bottlenecks; the custom CNN runs as detached). A snapshot: unlike `detached`, later
     /// updates of the variables do not reach the folded layers, so build one per evaluation.
     /// Training it is refused.
     pub fn for_inference(&self, varmap: &VarMap) -> Result<Self, ModelError> {
@@ -643,7 +643,7 @@ impl Model {
             match backbone {
                 Backbone::ResNet(r) => r.fold_batch_norms()?,
                 Backbone::DenseNet(d) => d.fold_batch_norms()?,
-                Backbone::Inception(_) => {}
+                Backbone::Inception(i) => i.fold_batch_norms()?,
             }
         }
         Ok(m)

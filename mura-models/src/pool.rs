@@ -149,6 +149,71 @@ impl Pool2d {
         Ok((out, Shape::from((n, c, oh, ow))))
     }
 
+    /// The f32 forward, separable: each input row reduced over the column windows, then those
+    /// row results reduced over the row windows, elementwise across the output row (so it
+    /// vectorises). Same values as [`Pool2d::fwd_typed`] up to f32 rounding of the sums (it sums
+    /// in f64); maxima are exact, NaN included.
+    fn fwd_f32(
+        &self,
+        x: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+    ) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (oh, ow) = self.output_size(h, w)?;
+        let shape = Shape::from((n, c, oh, ow));
+        if oh * ow == 0 || h * w == 0 {
+            return Ok((vec![0f32; n * c * oh * ow], shape));
+        }
+        let rows: Vec<_> = (0..oh).map(|oy| self.window(oy, 0, h, w).0).collect();
+        let cols: Vec<_> = (0..ow).map(|ox| self.window(0, ox, h, w).1).collect();
+        let max = self.kind == PoolKind::Max;
+        let include_pad = self.kind
+            == PoolKind::Avg {
+                count_include_pad: true,
+            };
+        let area = (self.kernel.0 * self.kernel.1) as f32;
+        // A NaN beats every number, as in `window_max`.
+        let reduce = move |a: f32, b: f32| {
+            if !max {
+                a + b
+            } else if b > a || b.is_nan() {
+                b
+            } else {
+                a
+            }
+        };
+        let init = if max { f32::NEG_INFINITY } else { 0.0 };
+        let mut out = vec![0f32; n * c * oh * ow];
+        out.par_chunks_mut(oh * ow)
+            .zip(x.par_chunks(h * w))
+            .for_each_init(Vec::new, |across, (dst, src)| {
+                across.resize(h * ow, 0f32);
+                for (a, row) in across.chunks_mut(ow).zip(src.chunks(w)) {
+                    for (v, window) in a.iter_mut().zip(&cols) {
+                        *v = row[window.clone()].iter().fold(init, |m, &e| reduce(m, e));
+                    }
+                }
+                for (d, window) in dst.chunks_mut(ow).zip(&rows) {
+                    d.fill(init);
+                    for a in across[window.start * ow..window.end * ow].chunks(ow) {
+                        for (o, &v) in d.iter_mut().zip(a) {
+                            *o = reduce(*o, v);
+                        }
+                    }
+                    if !max {
+                        for (o, cw) in d.iter_mut().zip(&cols) {
+                            let divisor = if include_pad {
+                                area
+                            } else {
+                                (window.len() * cw.len()) as f32
+                            };
+                            *o /= divisor;
+                        }
+                    }
+                }
+            });
+        Ok((out, shape))
+    }
+
     fn bwd_typed<T: WithDType>(
         &self,
         grad: &[T],
@@ -236,7 +301,7 @@ impl CustomOp1 for Pool2d {
         let dims = Self::dims4(layout)?;
         match storage {
             CpuStorage::F32(v) => {
-                let (out, shape) = self.fwd_typed(contiguous(v, layout)?, dims)?;
+                let (out, shape) = self.fwd_f32(contiguous(v, layout)?, dims)?;
                 Ok((CpuStorage::F32(out), shape))
             }
             CpuStorage::F64(v) => {
@@ -321,6 +386,59 @@ mod tests {
             .to_vec1()
             .unwrap();
         assert_eq!(g, vec![0., 0., 0., 1.]);
+    }
+
+    /// The separable f32 forward equals the generic one (window by window, sums in f64) for
+    /// every kind, kernel, stride and padding, NaN included: maxima exactly, averages to f32
+    /// rounding.
+    #[test]
+    fn separable_f32_forward_matches_the_generic_one() {
+        let (n, c, h, w) = (2, 3, 9, 8);
+        let mut x: Vec<f32> = (0..n * c * h * w)
+            .map(|i| ((i * 7919 % 1013) as f32 - 500.0) / 37.0)
+            .collect();
+        x[5] = f32::NAN;
+        x[h * w + 17] = f32::NAN;
+        let kinds = [
+            PoolKind::Max,
+            PoolKind::Avg {
+                count_include_pad: true,
+            },
+            PoolKind::Avg {
+                count_include_pad: false,
+            },
+        ];
+        let mut cases = 0;
+        for kind in kinds {
+            for kernel in [(1, 1), (2, 2), (3, 3), (3, 2), (5, 1)] {
+                for stride in [(1, 1), (2, 2), (1, 3)] {
+                    for padding in [(0, 0), (1, 0), (1, 1), (2, 0)] {
+                        let pool = Pool2d {
+                            kind,
+                            kernel,
+                            stride,
+                            padding,
+                        };
+                        if pool.output_size(h, w).is_err() {
+                            continue;
+                        }
+                        let (want, ws) = pool.fwd_typed(&x, (n, c, h, w)).unwrap();
+                        let (got, gs) = pool.fwd_f32(&x, (n, c, h, w)).unwrap();
+                        assert_eq!(ws, gs);
+                        for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                            let same = (a.is_nan() && b.is_nan())
+                                || (a - b).abs() <= 1e-6 * a.abs().max(1.0);
+                            assert!(same, "{pool:?} output {i}: {a} vs {b}");
+                            if kind == PoolKind::Max && !a.is_nan() {
+                                assert_eq!(a, b, "{pool:?} output {i}");
+                            }
+                        }
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert!(cases > 100, "{cases}");
     }
 
     /// Finite differences on f64, for max (away from ties) and average pooling with padding.

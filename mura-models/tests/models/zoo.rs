@@ -444,7 +444,7 @@ fn detached_model_predicts_the_same_without_a_graph() {
 /// copy is refused. ResNet-18: stem, basic blocks (a BatchNorm with and one without the ReLU
 /// fused) and the projection shortcuts. DenseNet-121: the stem and every bottleneck folded, and
 /// the dense blocks run in place (one buffer, no concatenation) against the concatenating
-/// forward of the model with variables.
+/// forward of the model with variables. Inception-v3: every convolution of every block type.
 #[test]
 fn folded_batch_norm_predicts_the_same_and_refuses_to_train() {
     let densenet = ModelConfig {
@@ -454,12 +454,21 @@ fn folded_batch_norm_predicts_the_same_and_refuses_to_train() {
     };
     let (d_model, d_varmap) = Model::with_seed(&densenet, 4, &Device::Cpu).unwrap();
     let d_x = det_tensor(&[2, 3, 64, 64], 6, &Device::Cpu);
+    let inception = ModelConfig {
+        in_channels: 3,
+        input_size: Some(75),
+        ..ModelConfig::new(Arch::InceptionV3)
+    };
+    let (i_model, i_varmap) = Model::with_seed(&inception, 5, &Device::Cpu).unwrap();
+    let i_x = det_tensor(&[2, 3, 75, 75], 7, &Device::Cpu);
     let (r_model, r_varmap, r_x) = resnet18_and_input();
     let resnet_bn = |n: &str| n.contains("bn") || n.contains("downsample.1");
     let densenet_bn = |n: &str| n.contains("norm");
+    let inception_bn = |n: &str| n.contains(".bn.");
     for (model, varmap, x, is_bn) in [
         (r_model, r_varmap, r_x, &resnet_bn as &dyn Fn(&str) -> bool),
         (d_model, d_varmap, d_x, &densenet_bn),
+        (i_model, i_varmap, i_x, &inception_bn),
     ] {
         // Running statistics from a few training passes; scales and shifts away from 1 and 0.
         for _ in 0..3 {
