@@ -569,6 +569,7 @@ impl Cnn {
                 x = unit.conv.forward(&x)?;
                 x = match &unit.bn {
                     Some(bn) => bn.forward_act(&x, train, true)?,
+                    None if unit.conv.fuses_relu() => x,
                     None => x.relu()?,
                 };
             }
@@ -584,6 +585,18 @@ impl Cnn {
             Some(a) if i == self.blocks.len() => a.forward(x),
             _ => candle_core::bail!("the CNN has no stage {i}"),
         }
+    }
+
+    /// Folds each BatchNorm, with the ReLU after it, into its convolution, and fuses the ReLU
+    /// into the convolutions without one (inference only; see [`BatchNorm::fold_into`]).
+    pub fn fold_batch_norms(&mut self) -> candle_core::Result<()> {
+        for unit in self.blocks.iter_mut().flat_map(|b| &mut b.convs) {
+            match &mut unit.bn {
+                Some(bn) => (unit.conv, *bn) = bn.fold_into(&unit.conv, true)?,
+                None => unit.conv = unit.conv.clone().with_relu(),
+            }
+        }
+        Ok(())
     }
 
     /// Reseeds the dropout stream (the training loop does it per step).

@@ -151,6 +151,16 @@ impl Conv {
     pub fn trainable(&self) -> bool {
         self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op)
     }
+
+    /// The same convolution with a ReLU applied in its output pass.
+    pub fn with_relu(self) -> Self {
+        Self { relu: true, ..self }
+    }
+
+    /// Whether a ReLU is applied in its output pass.
+    pub fn fuses_relu(&self) -> bool {
+        self.relu
+    }
 }
 
 impl Module for Conv {

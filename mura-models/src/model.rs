@@ -633,18 +633,19 @@ impl Model {
     }
 
     /// [`Model::detached`] prepared for inference: every BatchNorm that follows a convolution
-    /// directly is folded into it, with the ReLU after it (ResNet, Inception-v3, DenseNet's stem
-    /// and bottlenecks; the custom CNN runs as detached). A snapshot: unlike `detached`, later
+    /// directly is folded into it, with the ReLU after it (every convolution of ResNet,
+    /// Inception-v3 and the custom CNN, DenseNet's stem and bottlenecks). A snapshot: unlike `detached`, later
     /// updates of the variables do not reach the folded layers, so build one per evaluation.
     /// Training it is refused.
     pub fn for_inference(&self, varmap: &VarMap) -> Result<Self, ModelError> {
         let mut m = self.detached(varmap)?;
-        if let Net::Zoo { backbone, .. } = &mut m.net {
-            match backbone {
+        match &mut m.net {
+            Net::Cnn(c) => c.fold_batch_norms()?,
+            Net::Zoo { backbone, .. } => match backbone {
                 Backbone::ResNet(r) => r.fold_batch_norms()?,
                 Backbone::DenseNet(d) => d.fold_batch_norms()?,
                 Backbone::Inception(i) => i.fold_batch_norms()?,
-            }
+            },
         }
         Ok(m)
     }

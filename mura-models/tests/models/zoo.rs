@@ -10,8 +10,8 @@ use candle_nn::{VarBuilder, VarMap};
 use mura_models::checkpoint;
 use mura_models::layers::Noise;
 use mura_models::{
-    Arch, DenseNet, DenseNetConfig, GlobalPool, Head, HeadConfig, InceptionA, InceptionB,
-    InceptionC, InceptionD, InceptionE, Model, ModelConfig, ResNet, ResNetConfig,
+    Arch, CnnConfig, DenseNet, DenseNetConfig, GlobalPool, Head, HeadConfig, InceptionA,
+    InceptionB, InceptionC, InceptionD, InceptionE, Model, ModelConfig, ResNet, ResNetConfig,
 };
 use serde::Deserialize;
 
@@ -445,6 +445,7 @@ fn detached_model_predicts_the_same_without_a_graph() {
 /// fused) and the projection shortcuts. DenseNet-121: the stem and every bottleneck folded, and
 /// the dense blocks run in place (one buffer, no concatenation) against the concatenating
 /// forward of the model with variables. Inception-v3: every convolution of every block type.
+/// The custom CNN: each block's convolutions, with BatchNorm and without (the ReLU alone fused).
 #[test]
 fn folded_batch_norm_predicts_the_same_and_refuses_to_train() {
     let densenet = ModelConfig {
@@ -461,14 +462,35 @@ fn folded_batch_norm_predicts_the_same_and_refuses_to_train() {
     };
     let (i_model, i_varmap) = Model::with_seed(&inception, 5, &Device::Cpu).unwrap();
     let i_x = det_tensor(&[2, 3, 75, 75], 7, &Device::Cpu);
+    let cnn = ModelConfig {
+        in_channels: 3,
+        input_size: Some(64),
+        ..ModelConfig::new(Arch::CustomCnn)
+    };
+    let (c_model, c_varmap) = Model::with_seed(&cnn, 6, &Device::Cpu).unwrap();
+    let c_x = det_tensor(&[2, 3, 64, 64], 8, &Device::Cpu);
+    let mut plain = cnn.clone();
+    let mut plain_cnn = plain.cnn.clone().unwrap_or_else(CnnConfig::custom_cnn);
+    plain_cnn.batch_norm = false;
+    plain.cnn = Some(plain_cnn);
+    let (p_model, p_varmap) = Model::with_seed(&plain, 7, &Device::Cpu).unwrap();
+    let p_x = det_tensor(&[2, 3, 64, 64], 9, &Device::Cpu);
     let (r_model, r_varmap, r_x) = resnet18_and_input();
     let resnet_bn = |n: &str| n.contains("bn") || n.contains("downsample.1");
     let densenet_bn = |n: &str| n.contains("norm");
     let inception_bn = |n: &str| n.contains(".bn.");
-    for (model, varmap, x, is_bn) in [
-        (r_model, r_varmap, r_x, &resnet_bn as &dyn Fn(&str) -> bool),
-        (d_model, d_varmap, d_x, &densenet_bn),
-        (i_model, i_varmap, i_x, &inception_bn),
+    for (model, varmap, x, is_bn, has_bn) in [
+        (
+            r_model,
+            r_varmap,
+            r_x,
+            &resnet_bn as &dyn Fn(&str) -> bool,
+            true,
+        ),
+        (d_model, d_varmap, d_x, &densenet_bn, true),
+        (i_model, i_varmap, i_x, &inception_bn, true),
+        (c_model, c_varmap, c_x, &inception_bn, true),
+        (p_model, p_varmap, p_x, &inception_bn, false),
     ] {
         // Running statistics from a few training passes; scales and shifts away from 1 and 0.
         for _ in 0..3 {
@@ -489,9 +511,19 @@ fn folded_batch_norm_predicts_the_same_and_refuses_to_train() {
                 }
             }
         }
-        let want = model.forward(&x, false).unwrap();
+        // The features (every value of the last feature map) and the logits.
+        let both = |m: &Model| {
+            let f = m
+                .forward_features(&x, false)
+                .unwrap()
+                .flatten_all()
+                .unwrap();
+            let y = m.forward(&x, false).unwrap().flatten_all().unwrap();
+            Tensor::cat(&[f, y], 0).unwrap()
+        };
+        let want = both(&model);
         let folded = model.for_inference(&varmap).unwrap();
-        let got = folded.forward(&x, false).unwrap();
+        let got = both(&folded);
         let (want, got) = (
             want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
@@ -511,7 +543,9 @@ fn folded_batch_norm_predicts_the_same_and_refuses_to_train() {
             worst <= 1e-4 * scale,
             "{arch:?}: worst {worst} at scale {scale}"
         );
-        let err = folded.forward(&x, true).unwrap_err().to_string();
-        assert!(err.contains("folded"), "{err}");
+        if has_bn {
+            let err = folded.forward(&x, true).unwrap_err().to_string();
+            assert!(err.contains("folded"), "{err}");
+        }
     }
 }
