@@ -214,6 +214,55 @@ impl Pool2d {
         Ok((out, shape))
     }
 
+    /// The f32 backward: each output's gradient to the first maximum of its window, or shared
+    /// over it, accumulated in f32 (the generic [`Pool2d::bwd_typed`] accumulates in f64).
+    fn bwd_f32(
+        &self,
+        grad: &[f32],
+        x: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+    ) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (oh, ow) = self.output_size(h, w)?;
+        let mut out = vec![0f32; n * c * h * w];
+        let shape = Shape::from((n, c, h, w));
+        if oh * ow == 0 || h * w == 0 {
+            return Ok((out, shape));
+        }
+        let rows: Vec<_> = (0..oh).map(|oy| self.window(oy, 0, h, w).0).collect();
+        let cols: Vec<_> = (0..ow).map(|ox| self.window(0, ox, h, w).1).collect();
+        let area = (self.kernel.0 * self.kernel.1) as f32;
+        out.par_chunks_mut(h * w)
+            .zip(x.par_chunks(h * w))
+            .zip(grad.par_chunks(oh * ow))
+            .for_each(|((dx, src), g)| {
+                for (rw, g) in rows.iter().zip(g.chunks(ow)) {
+                    for (cw, &gv) in cols.iter().zip(g) {
+                        match self.kind {
+                            PoolKind::Max => {
+                                if let Some(i) = window_max(src, w, rw.clone(), cw.clone()) {
+                                    dx[i] += gv;
+                                }
+                            }
+                            PoolKind::Avg { count_include_pad } => {
+                                let divisor = if count_include_pad {
+                                    area
+                                } else {
+                                    (rw.len() * cw.len()) as f32
+                                };
+                                let share = gv / divisor;
+                                for y in rw.clone() {
+                                    for d in &mut dx[y * w + cw.start..y * w + cw.end] {
+                                        *d += share;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((out, shape))
+    }
+
     fn bwd_typed<T: WithDType>(
         &self,
         grad: &[T],
@@ -264,14 +313,16 @@ fn window_max<T: WithDType>(
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) -> Option<usize> {
-    let mut best = f64::NEG_INFINITY;
+    let mut best = T::zero();
     let mut at = None;
     for y in rows {
-        for x in cols.clone() {
-            let v = src[y * w + x].to_f64();
-            if at.is_none() || v > best || (v.is_nan() && !best.is_nan()) {
+        for (x, &v) in src[y * w..][cols.clone()].iter().enumerate() {
+            // `v != v` is NaN for the float types (the only ones pooled).
+            #[allow(clippy::eq_op)]
+            let (v_nan, best_nan) = (v != v, best != best);
+            if at.is_none() || v > best || (v_nan && !best_nan) {
                 best = v;
-                at = Some(y * w + x);
+                at = Some(y * w + cols.start + x);
             }
         }
     }
@@ -351,9 +402,9 @@ impl CustomOp2 for Pool2dBackward {
         }
         match (s1, s2) {
             (CpuStorage::F32(g), CpuStorage::F32(x)) => {
-                let (out, shape) =
-                    self.0
-                        .bwd_typed(contiguous(g, l1)?, contiguous(x, l2)?, dims)?;
+                let (out, shape) = self
+                    .0
+                    .bwd_f32(contiguous(g, l1)?, contiguous(x, l2)?, dims)?;
                 Ok((CpuStorage::F32(out), shape))
             }
             (CpuStorage::F64(g), CpuStorage::F64(x)) => {
@@ -390,7 +441,7 @@ mod tests {
 
     /// The separable f32 forward equals the generic one (window by window, sums in f64) for
     /// every kind, kernel, stride and padding, NaN included: maxima exactly, averages to f32
-    /// rounding.
+    /// rounding; so does the f32 backward (maxima routed to the same element).
     #[test]
     fn separable_f32_forward_matches_the_generic_one() {
         let (n, c, h, w) = (2, 3, 9, 8);
@@ -421,6 +472,16 @@ mod tests {
                         };
                         if pool.output_size(h, w).is_err() {
                             continue;
+                        }
+                        let (oh, ow) = pool.output_size(h, w).unwrap();
+                        let g: Vec<f32> = (0..n * c * oh * ow)
+                            .map(|i| ((i * 31 % 17) as f32 - 8.0) / 4.0)
+                            .collect();
+                        let (want, _) = pool.bwd_typed(&g, &x, (n, c, h, w)).unwrap();
+                        let (got, _) = pool.bwd_f32(&g, &x, (n, c, h, w)).unwrap();
+                        for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+                            let tol = 1e-6 * a.abs().max(1.0);
+                            assert!((a - b).abs() <= tol, "{pool:?} gradient {i}: {a} vs {b}");
                         }
                         let (want, ws) = pool.fwd_typed(&x, (n, c, h, w)).unwrap();
                         let (got, gs) = pool.fwd_f32(&x, (n, c, h, w)).unwrap();
