@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "models/candle_grads.rs"]
+mod candle_grads;
 #[path = "models/common.rs"]
 mod common;
 #[path = "models/contract.rs"]
