@@ -198,9 +198,18 @@ impl Geom {
                     }
                     let dst = &mut plane[iy as usize * self.w..(iy as usize + 1) * self.w];
                     let start = ((x0 * self.p.stride.1) as isize + off_x) as usize;
-                    let targets = dst[start..].iter_mut().step_by(self.p.stride.1);
-                    for (d, v) in targets.zip(&g[x0..x1]) {
-                        *d += *v;
+                    if self.p.stride.1 == 1 {
+                        // Contiguous on both sides: a loop the compiler vectorises (`step_by`
+                        // does not, and this was 8% of a DenseNet-121 training step).
+                        let dst = &mut dst[start..start + (x1 - x0)];
+                        for (d, v) in dst.iter_mut().zip(&g[x0..x1]) {
+                            *d += *v;
+                        }
+                    } else {
+                        let targets = dst[start..].iter_mut().step_by(self.p.stride.1);
+                        for (d, v) in targets.zip(&g[x0..x1]) {
+                            *d += *v;
+                        }
                     }
                 }
             }

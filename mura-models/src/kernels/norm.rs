@@ -206,21 +206,28 @@ impl CustomOp3 for BnTrain {
         let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
         let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
         let ss = scale_shift(gamma, beta, &mean, &var, self.eps);
-        let mut out = vec![0f32; n * c * hw + 2 * c];
-        let (y, tail) = out.split_at_mut(n * c * hw);
-        if hw > 0 {
-            y.par_chunks_mut(hw)
-                .zip(x.par_chunks(hw))
-                .enumerate()
-                .for_each(|(p, (yp, xp))| {
-                    let (scale, shift) = ss[p % c];
-                    for (o, v) in yp.iter_mut().zip(xp) {
-                        *o = affine(*v, scale, shift, self.relu);
-                    }
-                });
-        }
-        tail[..c].copy_from_slice(&mean);
-        tail[c..].copy_from_slice(&var);
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            let (y, tail) = out.split_at_mut(n * c * hw);
+            if hw > 0 {
+                y.par_chunks_mut(hw)
+                    .zip(x.par_chunks(hw))
+                    .enumerate()
+                    .for_each(|(p, (yp, xp))| {
+                        let (scale, shift) = ss[p % c];
+                        for (o, v) in yp.iter_mut().zip(xp) {
+                            o.write(affine(*v, scale, shift, self.relu));
+                        }
+                    });
+            }
+            for (t, v) in tail.iter_mut().zip(mean.iter().chain(&var)) {
+                t.write(*v);
+            }
+            Ok::<(), candle_core::Error>(())
+        };
+        // SAFETY: x holds the n·c planes of hw elements that partition y, and the tail takes the
+        // c means and c variances, so every element is written.
+        #[allow(unsafe_code)]
+        let out = unsafe { fresh(n * c * hw + 2 * c, fill)? };
         Ok((CpuStorage::F32(out), Shape::from(n * c * hw + 2 * c)))
     }
 
@@ -400,36 +407,44 @@ impl CustomOp3 for BnBackward {
             [sx, s]
         });
         let m = (n * hw) as f64;
-        let mut out = vec![0f32; n * c * hw + 2 * c];
-        let (dx, tail) = out.split_at_mut(n * c * hw);
-        if hw > 0 {
-            dx.par_chunks_mut(hw).enumerate().for_each(|(p, dxp)| {
-                let ch = p % c;
-                let sc = ss[ch];
-                let scale = sc.0;
-                let xp = &x[p * hw..(p + 1) * hw];
-                let dyp = &dy[p * hw..(p + 1) * hw];
-                let cells = dxp.iter_mut().zip(xp).zip(dyp);
-                if self.train {
-                    // dx = γ·inv/M · (M·g - Σg - x̂·Σg·x̂) = scale · (g - Σg/M - x̂·Σg·x̂/M).
-                    let (mean, inv) = centre[ch];
-                    let [sx, s] = sums[ch];
-                    let (a, b) = ((s / m) as f32, (sx / m) as f32);
-                    for ((o, v), d) in cells {
-                        let xhat = (v - mean) * inv;
-                        *o = scale * (masked(*v, *d, sc) - a - xhat * b);
+        let fill = |out: &mut [MaybeUninit<f32>]| {
+            let (dx, tail) = out.split_at_mut(n * c * hw);
+            if hw > 0 {
+                dx.par_chunks_mut(hw).enumerate().for_each(|(p, dxp)| {
+                    let ch = p % c;
+                    let sc = ss[ch];
+                    let scale = sc.0;
+                    let xp = &x[p * hw..(p + 1) * hw];
+                    let dyp = &dy[p * hw..(p + 1) * hw];
+                    let cells = dxp.iter_mut().zip(xp).zip(dyp);
+                    if self.train {
+                        // dx = γ·inv/M · (M·g - Σg - x̂·Σg·x̂) = scale · (g - Σg/M - x̂·Σg·x̂/M).
+                        let (mean, inv) = centre[ch];
+                        let [sx, s] = sums[ch];
+                        let (a, b) = ((s / m) as f32, (sx / m) as f32);
+                        for ((o, v), d) in cells {
+                            let xhat = (v - mean) * inv;
+                            o.write(scale * (masked(*v, *d, sc) - a - xhat * b));
+                        }
+                    } else {
+                        for ((o, v), d) in cells {
+                            o.write(masked(*v, *d, sc) * scale);
+                        }
                     }
-                } else {
-                    for ((o, v), d) in cells {
-                        *o = masked(*v, *d, sc) * scale;
-                    }
-                }
-            });
-        }
-        for (ch, [sx, s]) in sums.iter().enumerate() {
-            tail[ch] = *sx as f32;
-            tail[c + ch] = *s as f32;
-        }
+                });
+            }
+            let (dgamma, dbeta) = tail.split_at_mut(c);
+            for ((g, b), [sx, s]) in dgamma.iter_mut().zip(dbeta).zip(&sums) {
+                g.write(*sx as f32);
+                b.write(*s as f32);
+            }
+            Ok::<(), candle_core::Error>(())
+        };
+        // SAFETY: x and dy hold the n·c planes of hw elements that partition dx, and the tail
+        // takes the c sums of each kind (`channel_sums` returns one per channel), so every
+        // element is written.
+        #[allow(unsafe_code)]
+        let out = unsafe { fresh(n * c * hw + 2 * c, fill)? };
         Ok((CpuStorage::F32(out), Shape::from(n * c * hw + 2 * c)))
     }
 }
