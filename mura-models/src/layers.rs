@@ -288,6 +288,9 @@ impl BatchNorm {
         if self.folded.is_some() {
             candle_core::bail!("this BatchNorm is already folded into a convolution")
         }
+        if conv.relu {
+            candle_core::bail!("a BatchNorm cannot be folded after a convolution's own ReLU")
+        }
         let c_out = conv.weight.dim(0)?;
         if self.weight.dims1()? != c_out {
             candle_core::bail!(
@@ -309,7 +312,7 @@ impl BatchNorm {
         let folded_conv = Conv {
             weight,
             bias: Some(bias),
-            relu: conv.relu || relu,
+            relu,
             ..conv.clone()
         };
         Ok((

@@ -110,6 +110,21 @@ impl Pool2d {
         (rows, cols, divisor)
     }
 
+    /// The input rows of each output row and the input columns of each output column (a window
+    /// is their product).
+    #[allow(clippy::type_complexity)]
+    fn windows(
+        &self,
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+    ) -> (Vec<std::ops::Range<usize>>, Vec<std::ops::Range<usize>>) {
+        let rows = (0..oh).map(|oy| self.window(oy, 0, h, w).0).collect();
+        let cols = (0..ow).map(|ox| self.window(0, ox, h, w).1).collect();
+        (rows, cols)
+    }
+
     fn dims4(layout: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
         match *layout.dims() {
             [n, c, h, w] => Ok((n, c, h, w)),
@@ -163,8 +178,7 @@ impl Pool2d {
         if oh * ow == 0 || h * w == 0 {
             return Ok((vec![0f32; n * c * oh * ow], shape));
         }
-        let rows: Vec<_> = (0..oh).map(|oy| self.window(oy, 0, h, w).0).collect();
-        let cols: Vec<_> = (0..ow).map(|ox| self.window(0, ox, h, w).1).collect();
+        let (rows, cols) = self.windows(h, w, oh, ow);
         let max = self.kind == PoolKind::Max;
         let include_pad = self.kind
             == PoolKind::Avg {
@@ -228,8 +242,7 @@ impl Pool2d {
         if oh * ow == 0 || h * w == 0 {
             return Ok((out, shape));
         }
-        let rows: Vec<_> = (0..oh).map(|oy| self.window(oy, 0, h, w).0).collect();
-        let cols: Vec<_> = (0..ow).map(|ox| self.window(0, ox, h, w).1).collect();
+        let (rows, cols) = self.windows(h, w, oh, ow);
         let area = (self.kernel.0 * self.kernel.1) as f32;
         out.par_chunks_mut(h * w)
             .zip(x.par_chunks(h * w))

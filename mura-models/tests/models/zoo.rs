@@ -397,14 +397,20 @@ fn inception_v3_trains_like_timm() {
 }
 
 /// A seeded 3-channel ResNet-18 at 64 px and a batch of two inputs for it.
-fn resnet18_and_input() -> (Model, VarMap, Tensor) {
+/// A seeded model of `arch` for `size`² inputs and a deterministic batch of two such images.
+fn model_and_input(config: &ModelConfig, size: usize, seed: u64) -> (Model, VarMap, Tensor) {
     let config = ModelConfig {
         in_channels: 3,
-        input_size: Some(64),
-        ..ModelConfig::new(Arch::ResNet18)
+        input_size: Some(size),
+        ..config.clone()
     };
-    let (model, varmap) = Model::with_seed(&config, 3, &Device::Cpu).unwrap();
-    (model, varmap, det_tensor(&[2, 3, 64, 64], 5, &Device::Cpu))
+    let (model, varmap) = Model::with_seed(&config, seed, &Device::Cpu).unwrap();
+    let x = det_tensor(&[2, 3, size, size], seed + 2, &Device::Cpu);
+    (model, varmap, x)
+}
+
+fn resnet18_and_input() -> (Model, VarMap, Tensor) {
+    model_and_input(&ModelConfig::new(Arch::ResNet18), 64, 3)
 }
 
 /// The inference copy gives the eval-mode outputs of the model it came from, records no graph,
@@ -448,33 +454,15 @@ fn detached_model_predicts_the_same_without_a_graph() {
 /// The custom CNN: each block's convolutions, with BatchNorm and without (the ReLU alone fused).
 #[test]
 fn folded_batch_norm_predicts_the_same_and_refuses_to_train() {
-    let densenet = ModelConfig {
-        in_channels: 3,
-        input_size: Some(64),
-        ..ModelConfig::new(Arch::DenseNet121)
-    };
-    let (d_model, d_varmap) = Model::with_seed(&densenet, 4, &Device::Cpu).unwrap();
-    let d_x = det_tensor(&[2, 3, 64, 64], 6, &Device::Cpu);
-    let inception = ModelConfig {
-        in_channels: 3,
-        input_size: Some(75),
-        ..ModelConfig::new(Arch::InceptionV3)
-    };
-    let (i_model, i_varmap) = Model::with_seed(&inception, 5, &Device::Cpu).unwrap();
-    let i_x = det_tensor(&[2, 3, 75, 75], 7, &Device::Cpu);
-    let cnn = ModelConfig {
-        in_channels: 3,
-        input_size: Some(64),
-        ..ModelConfig::new(Arch::CustomCnn)
-    };
-    let (c_model, c_varmap) = Model::with_seed(&cnn, 6, &Device::Cpu).unwrap();
-    let c_x = det_tensor(&[2, 3, 64, 64], 8, &Device::Cpu);
+    let (d_model, d_varmap, d_x) = model_and_input(&ModelConfig::new(Arch::DenseNet121), 64, 4);
+    let (i_model, i_varmap, i_x) = model_and_input(&ModelConfig::new(Arch::InceptionV3), 75, 5);
+    let cnn = ModelConfig::new(Arch::CustomCnn);
+    let (c_model, c_varmap, c_x) = model_and_input(&cnn, 64, 6);
     let mut plain = cnn.clone();
     let mut plain_cnn = plain.cnn.clone().unwrap_or_else(CnnConfig::custom_cnn);
     plain_cnn.batch_norm = false;
     plain.cnn = Some(plain_cnn);
-    let (p_model, p_varmap) = Model::with_seed(&plain, 7, &Device::Cpu).unwrap();
-    let p_x = det_tensor(&[2, 3, 64, 64], 9, &Device::Cpu);
+    let (p_model, p_varmap, p_x) = model_and_input(&plain, 64, 7);
     let (r_model, r_varmap, r_x) = resnet18_and_input();
     let resnet_bn = |n: &str| n.contains("bn") || n.contains("downsample.1");
     let densenet_bn = |n: &str| n.contains("norm");
