@@ -12,7 +12,10 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::gemm::{Stored, fresh, sgemm, sgemm_fresh};
+use super::gemm::{
+    COLUMN_BLOCK, Stored, fresh, sgemm, sgemm_fresh, sgemm_fresh_blocked, sgemm_transposed_out,
+    transpose,
+};
 use super::{f32_slice, per_image_parallel};
 
 /// Stride, zero padding and dilation of a convolution, each (height, width).
@@ -135,38 +138,45 @@ impl Geom {
         (ci, oy, ox)
     }
 
-    /// Column matrix (K×L) of one image (C×H×W).
-    fn im2col(&self, x: &[f32], cols: &mut [f32], parallel: bool) {
-        let l = self.l();
+    /// Columns `l0..l0 + lc` of the column matrix (K×L) of one image (C×H×W), as a row-major
+    /// K×lc `cols`.
+    fn im2col(&self, x: &[f32], (l0, lc): (usize, usize), cols: &mut [f32], parallel: bool) {
+        let (sy, sx) = self.p.stride;
         let fill = |(r, row): (usize, &mut [f32])| {
             let (ci, off_y, off_x) = self.tap(r);
             let plane = &x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
-            let (x0, x1) = valid(off_x, self.p.stride.1, self.w, self.wo);
-            for (oy, out) in row.chunks_mut(self.wo).enumerate() {
-                let iy = (oy * self.p.stride.0) as isize + off_y;
+            let (x0, x1) = valid(off_x, sx, self.w, self.wo);
+            // The positions l0.. cover the tail of one output row, whole rows, the head of one.
+            let (mut rest, mut pos) = (row, l0);
+            while !rest.is_empty() {
+                let (oy, xa) = (pos / self.wo, pos % self.wo);
+                let xb = (xa + rest.len()).min(self.wo);
+                let (out, tail) = rest.split_at_mut(xb - xa);
+                (rest, pos) = (tail, pos + (xb - xa));
+                let iy = (oy * sy) as isize + off_y;
                 if iy < 0 || iy >= self.h as isize {
                     out.fill(0.0);
                     continue;
                 }
                 let src = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
-                out[..x0].fill(0.0);
-                out[x1..].fill(0.0);
-                let start = (x0 * self.p.stride.1) as isize + off_x;
-                if self.p.stride.1 == 1 {
-                    let s = start as usize;
-                    out[x0..x1].copy_from_slice(&src[s..s + (x1 - x0)]);
+                let (va, vb) = (x0.clamp(xa, xb), x1.clamp(xa, xb));
+                out[..va - xa].fill(0.0);
+                out[vb - xa..].fill(0.0);
+                let out = &mut out[va - xa..vb - xa];
+                let start = ((va * sx) as isize + off_x) as usize;
+                if sx == 1 {
+                    out.copy_from_slice(&src[start..start + out.len()]);
                 } else {
-                    let taken = src[start as usize..].iter().step_by(self.p.stride.1);
-                    for (o, v) in out[x0..x1].iter_mut().zip(taken) {
+                    for (o, v) in out.iter_mut().zip(src[start..].iter().step_by(sx)) {
                         *o = *v;
                     }
                 }
             }
         };
         if parallel {
-            cols.par_chunks_mut(l).enumerate().for_each(fill);
+            cols.par_chunks_mut(lc).enumerate().for_each(fill);
         } else {
-            cols.chunks_mut(l).enumerate().for_each(fill);
+            cols.chunks_mut(lc).enumerate().for_each(fill);
         }
     }
 
@@ -177,7 +187,7 @@ impl Geom {
             return x;
         }
         cols.resize(self.k() * self.l(), 0.0);
-        self.im2col(x, cols, parallel);
+        self.im2col(x, (0, self.l()), cols, parallel);
         cols
     }
 
@@ -326,8 +336,13 @@ impl Conv2dOp {
         }
         let (k, l) = (g.k(), g.l());
         let image = |i: usize, yi: &mut [MaybeUninit<f32>], cols: &mut Vec<f32>, par: bool| {
-            let b = g.columns(&x[i * g.image()..(i + 1) * g.image()], cols, par);
-            let yi = sgemm_fresh((g.o, l, k), w, Stored::AsIs, b, Stored::AsIs, yi, par)?;
+            let xi = &x[i * g.image()..(i + 1) * g.image()];
+            let yi = if g.pointwise() {
+                sgemm_fresh((g.o, l, k), w, Stored::AsIs, xi, Stored::AsIs, yi, par)?
+            } else {
+                let im2col = |l0, lc, block: &mut [f32]| g.im2col(xi, (l0, lc), block, par);
+                sgemm_fresh_blocked((g.o, l, k), w, COLUMN_BLOCK, cols, im2col, yi, par)?
+            };
             if bias.is_some() || self.relu {
                 let zero = [0f32];
                 let shifts = bias.unwrap_or(&zero).iter().cycle();
@@ -550,11 +565,12 @@ impl CustomOp2 for ConvGradWeight {
         let x = f32_slice(s1, l1, "conv2d backward")?;
         let dy = f32_slice(s2, l2, "conv2d backward")?;
         let (k, l, ok) = (g.k(), g.l(), g.o * g.k());
-        // dW = Σ_i dY_i (O×L) · cols_iᵀ (L×K), summed over the images in index order.
+        // dWᵀ (K×O) = Σ_i cols_i (K×L) · dY_iᵀ (L×O), summed over the images in index order:
+        // the GEMM writes the transposed output fastest (see `sgemm_transposed_out`).
         let one = |i: usize, dst: &mut [f32], cols: &mut Vec<f32>, acc: bool, par: bool| {
             let b = g.columns(&x[i * g.image()..(i + 1) * g.image()], cols, par);
             let dyi = &dy[i * o * l..(i + 1) * o * l];
-            sgemm(
+            sgemm_transposed_out(
                 (o, k, l),
                 dyi,
                 Stored::AsIs,
@@ -565,13 +581,13 @@ impl CustomOp2 for ConvGradWeight {
                 par,
             )
         };
-        let mut dw = vec![0f32; ok];
+        let mut dwt = vec![0f32; ok];
         if per_image_parallel(g.n) && g.n > 1 {
             let mut parts = vec![0f32; g.n * ok];
             for_each_image(&mut parts, ok, g.n, |i, part, cols, _| {
                 one(i, part, cols, false, false)
             })?;
-            dw.par_chunks_mut(4096).enumerate().for_each(|(j, chunk)| {
+            dwt.par_chunks_mut(4096).enumerate().for_each(|(j, chunk)| {
                 let base = j * 4096;
                 for (t, d) in chunk.iter_mut().enumerate() {
                     let mut s = 0f32;
@@ -584,9 +600,11 @@ impl CustomOp2 for ConvGradWeight {
         } else {
             let mut cols = Vec::new();
             for i in 0..g.n {
-                one(i, &mut dw, &mut cols, i > 0, true)?;
+                one(i, &mut dwt, &mut cols, i > 0, true)?;
             }
         }
+        let mut dw = vec![0f32; ok];
+        transpose(&dwt, k, o, &mut dw);
         Ok((CpuStorage::F32(dw), Shape::from((g.o, g.c, kh, kw))))
     }
 }
@@ -684,6 +702,10 @@ mod tests {
             ((3, 2, 11, 8), (2, 3, 2), params((3, 2), (1, 0), (1, 2))),
             ((1, 1, 5, 5), (1, 5, 5), params((1, 1), (0, 0), (1, 1))),
             ((2, 2, 3, 3), (2, 3, 3), params((2, 2), (4, 4), (1, 1))),
+            // More output positions than one GEMM column block (256): blocks end mid-row.
+            ((1, 2, 23, 19), (3, 3, 3), params((1, 1), (1, 1), (1, 1))),
+            ((2, 2, 40, 37), (2, 3, 3), params((2, 2), (1, 1), (1, 1))),
+            ((1, 1, 30, 41), (2, 3, 5), params((1, 2), (2, 1), (2, 1))),
         ];
         for (t, ((n, c, h, w), (o, kh, kw), p)) in cases.into_iter().enumerate() {
             let xv = rand_vec(n * c * h * w, 10 + t as u64);

@@ -9,6 +9,7 @@
 mod conv;
 mod gemm;
 mod norm;
+mod simd;
 
 pub use conv::{Conv2dParams, conv2d, conv2d_relu};
 pub use norm::{batch_norm_eval, batch_norm_train};

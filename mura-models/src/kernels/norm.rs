@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use super::gemm::fresh;
+use super::simd::vectorised;
 use super::{Images, f32_slice};
 
 /// (N, C, H·W) of a 4-D layout.
@@ -19,29 +20,6 @@ fn dims(layout: &Layout, op: &str) -> candle_core::Result<(usize, usize, usize)>
         [n, c, h, w] => Ok((n, c, h * w)),
         ref d => candle_core::bail!("{op}: expects an N×C×H×W tensor, got {d:?}"),
     }
-}
-
-/// Per-channel sums over the N planes of each channel: `f(channel, plane index, plane)` summed.
-fn channel_sums<const K: usize>(
-    (n, c, hw): (usize, usize, usize),
-    f: impl Fn(usize, usize) -> [f64; K] + Sync,
-) -> Vec<[f64; K]> {
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let mut acc = [0f64; K];
-            for b in 0..n {
-                let s = f(ch, b * c + ch);
-                for (a, v) in acc.iter_mut().zip(s) {
-                    *a += v;
-                }
-            }
-            acc
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|a| if hw == 0 { [0.0; K] } else { a })
-        .collect()
 }
 
 /// (Σ f(a, b).0, Σ f(a, b).1) over two equally long slices: eight f32 lanes within blocks of 512
@@ -68,6 +46,74 @@ fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, 
         s1 += l1.iter().map(|v| f64::from(*v)).sum::<f64>();
     }
     (s0, s1)
+}
+
+/// One plane's mean and sum of squared deviations from it: two passes over a plane that stays
+/// in cache, the deviations taken from the mean rounded to f32 and the sum corrected for it.
+#[inline(always)]
+fn plane_moments(plane: &[f32]) -> (f64, f64) {
+    let pm = sum_pairs(
+        plane,
+        plane,
+        #[inline(always)]
+        |v, _| (v, 0.0),
+    )
+    .0 / plane.len() as f64;
+    let pmf = pm as f32;
+    let m2 = sum_pairs(
+        plane,
+        plane,
+        #[inline(always)]
+        |v, _| ((v - pmf) * (v - pmf), 0.0),
+    )
+    .0;
+    let shift = pm - f64::from(pmf);
+    (pm, m2 - plane.len() as f64 * shift * shift)
+}
+
+/// `g` = the gradient `dy` reaching a BatchNorm's affine output (scale, shift) through its
+/// ReLU: zero where the ReLU was off. A plain loop the compiler vectorises with a select (with
+/// the sums below in the same loop, it branched lane by lane around each load of `dy`).
+#[inline(always)]
+fn mask<const RELU: bool>(g: &mut [f32], x: &[f32], dy: &[f32], (scale, shift): Pair) {
+    for ((o, v), d) in g.iter_mut().zip(x).zip(dy) {
+        *o = if RELU && v * scale + shift <= 0.0 {
+            0.0
+        } else {
+            *d
+        };
+    }
+}
+
+/// (Σg, Σg·x̂) over one plane, x̂ = (x − mean)·inv.
+#[inline(always)]
+fn grad_sums(g: &[f32], x: &[f32], (mean, inv): Pair) -> (f64, f64) {
+    sum_pairs(
+        g,
+        x,
+        #[inline(always)]
+        |gv, v| (gv, gv * ((v - mean) * inv)),
+    )
+}
+
+/// One plane of the input gradient from `g` (see [`mask`]): in training
+/// dx = γ·inv/M · (M·g − Σg − x̂·Σg·x̂) = scale · (g − a − x̂·b) with a = Σg/M, b = Σg·x̂/M;
+/// in evaluation dx = g·scale.
+#[inline(always)]
+fn plane_dx<const TRAIN: bool>(
+    dx: &mut [MaybeUninit<f32>],
+    x: &[f32],
+    g: &[f32],
+    (scale, (mean, inv), (a, b)): (f32, Pair, Pair),
+) {
+    for ((o, v), gv) in dx.iter_mut().zip(x).zip(g) {
+        o.write(if TRAIN {
+            let xhat = (v - mean) * inv;
+            scale * (gv - a - xhat * b)
+        } else {
+            gv * scale
+        });
+    }
 }
 
 /// y = x·scale + shift (then ReLU), per channel.
@@ -187,12 +233,10 @@ impl CustomOp3 for BnTrain {
                 let planes: Vec<(f64, f64)> = (0..n)
                     .map(|b| {
                         let plane = &x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
-                        let pm = sum_pairs(plane, plane, |v, _| (v, 0.0)).0 / hw as f64;
-                        let pmf = pm as f32;
-                        let (m2, _) = sum_pairs(plane, plane, |v, _| ((v - pmf) * (v - pmf), 0.0));
-                        // The deviations were taken from the rounded mean: correct the sum.
-                        let shift = pm - f64::from(pmf);
-                        (pm, m2 - hw as f64 * shift * shift)
+                        vectorised(
+                            #[inline(always)]
+                            || plane_moments(plane),
+                        )
                     })
                     .collect();
                 let mean = planes.iter().map(|(pm, _)| pm).sum::<f64>() / n as f64;
@@ -214,9 +258,14 @@ impl CustomOp3 for BnTrain {
                     .enumerate()
                     .for_each(|(p, (yp, xp))| {
                         let (scale, shift) = ss[p % c];
-                        for (o, v) in yp.iter_mut().zip(xp) {
-                            o.write(affine(*v, scale, shift, self.relu));
-                        }
+                        vectorised(
+                            #[inline(always)]
+                            || {
+                                for (o, v) in yp.iter_mut().zip(xp) {
+                                    o.write(affine(*v, scale, shift, self.relu));
+                                }
+                            },
+                        )
                     });
             }
             for (t, v) in tail.iter_mut().zip(mean.iter().chain(&var)) {
@@ -292,9 +341,14 @@ impl CustomOp2 for BnEval {
                 y.par_chunks_mut(hw).enumerate().for_each(|(p, yp)| {
                     let (scale, shift) = (ss[p % c], ss[c + p % c]);
                     let xp = x.plane(p / c, p % c, hw);
-                    for (o, v) in yp.iter_mut().zip(xp) {
-                        o.write(affine(*v, scale, shift, self.relu));
-                    }
+                    vectorised(
+                        #[inline(always)]
+                        || {
+                            for (o, v) in yp.iter_mut().zip(xp) {
+                                o.write(affine(*v, scale, shift, self.relu));
+                            }
+                        },
+                    )
                 });
             }
             Ok::<(), candle_core::Error>(())
@@ -387,52 +441,58 @@ impl CustomOp3 for BnBackward {
                 vec![(0.0, 1.0); c],
             )
         };
-        let relu = self.relu;
-        // The gradient reaching the affine output: dy, masked where the ReLU was off.
-        let masked = move |v: f32, d: f32, (scale, shift): Pair| {
-            if relu && v * scale + shift <= 0.0 {
-                0.0
-            } else {
-                d
+        let (relu, train, m) = (self.relu, self.train, (n * hw) as f64);
+        // One channel: the gradient g reaching the affine output (dy masked by the ReLU) of its
+        // n planes into `g`, the sums (Σg·x̂, Σg) plane by plane in index order, then dx from g;
+        // the channel's planes stay in cache between the two passes.
+        let channel = |g: &mut Vec<f32>, ch: usize, dx: Vec<&mut [MaybeUninit<f32>]>| {
+            g.resize(n * hw, 0.0);
+            let (ss, centre) = (ss[ch], centre[ch]);
+            let plane = |b: usize| (b * c + ch) * hw..(b * c + ch + 1) * hw;
+            let (mut s, mut sx) = (0f64, 0f64);
+            for (b, gp) in g.chunks_mut(hw).enumerate() {
+                let (xp, dyp) = (&x[plane(b)], &dy[plane(b)]);
+                let (ps, psx) = vectorised(
+                    #[inline(always)]
+                    || {
+                        match relu {
+                            true => mask::<true>(gp, xp, dyp, ss),
+                            false => gp.copy_from_slice(dyp),
+                        }
+                        grad_sums(gp, xp, centre)
+                    },
+                );
+                (s, sx) = (s + ps, sx + psx);
             }
-        };
-        let sums = channel_sums::<2>((n, c, hw), |ch, p| {
-            let (mean, inv) = centre[ch];
-            let (scale, shift) = ss[ch];
-            let range = p * hw..(p + 1) * hw;
-            let (s, sx) = sum_pairs(&x[range.clone()], &dy[range], |v, d| {
-                let gi = masked(v, d, (scale, shift));
-                (gi, gi * ((v - mean) * inv))
-            });
+            let args = (ss.0, centre, ((s / m) as f32, (sx / m) as f32));
+            for ((b, dxp), gp) in dx.into_iter().enumerate().zip(g.chunks(hw)) {
+                let xp = &x[plane(b)];
+                vectorised(
+                    #[inline(always)]
+                    || match train {
+                        true => plane_dx::<true>(dxp, xp, gp, args),
+                        false => plane_dx::<false>(dxp, xp, gp, args),
+                    },
+                )
+            }
             [sx, s]
-        });
-        let m = (n * hw) as f64;
+        };
         let fill = |out: &mut [MaybeUninit<f32>]| {
             let (dx, tail) = out.split_at_mut(n * c * hw);
-            if hw > 0 {
-                dx.par_chunks_mut(hw).enumerate().for_each(|(p, dxp)| {
-                    let ch = p % c;
-                    let sc = ss[ch];
-                    let scale = sc.0;
-                    let xp = &x[p * hw..(p + 1) * hw];
-                    let dyp = &dy[p * hw..(p + 1) * hw];
-                    let cells = dxp.iter_mut().zip(xp).zip(dyp);
-                    if self.train {
-                        // dx = γ·inv/M · (M·g - Σg - x̂·Σg·x̂) = scale · (g - Σg/M - x̂·Σg·x̂/M).
-                        let (mean, inv) = centre[ch];
-                        let [sx, s] = sums[ch];
-                        let (a, b) = ((s / m) as f32, (sx / m) as f32);
-                        for ((o, v), d) in cells {
-                            let xhat = (v - mean) * inv;
-                            o.write(scale * (masked(*v, *d, sc) - a - xhat * b));
-                        }
-                    } else {
-                        for ((o, v), d) in cells {
-                            o.write(masked(*v, *d, sc) * scale);
-                        }
-                    }
-                });
-            }
+            let sums: Vec<[f64; 2]> = if hw == 0 {
+                vec![[0.0; 2]; c]
+            } else {
+                // Each channel's n output planes (plane b·c + ch), handed to its task.
+                let mut planes: Vec<Vec<_>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
+                for (p, dxp) in dx.chunks_mut(hw).enumerate() {
+                    planes[p % c].push(dxp);
+                }
+                planes
+                    .into_par_iter()
+                    .enumerate()
+                    .map_init(Vec::new, |g, (ch, dx)| channel(g, ch, dx))
+                    .collect()
+            };
             let (dgamma, dbeta) = tail.split_at_mut(c);
             for ((g, b), [sx, s]) in dgamma.iter_mut().zip(dbeta).zip(&sums) {
                 g.write(*sx as f32);
@@ -440,8 +500,9 @@ impl CustomOp3 for BnBackward {
             }
             Ok::<(), candle_core::Error>(())
         };
-        // SAFETY: x and dy hold the n·c planes of hw elements that partition dx, and the tail
-        // takes the c sums of each kind (`channel_sums` returns one per channel), so every
+        // SAFETY: the n·c planes of hw elements partition dx and each channel's task writes all
+        // of its n planes (x holds them all: its length was checked against dy's and the
+        // layout's), and the tail takes the c sums of each kind (one per channel), so every
         // element is written.
         #[allow(unsafe_code)]
         let out = unsafe { fresh(n * c * hw + 2 * c, fill)? };
