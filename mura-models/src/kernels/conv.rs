@@ -13,8 +13,8 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use super::gemm::{
-    COLUMN_BLOCK, Stored, fresh, sgemm, sgemm_fresh, sgemm_fresh_blocked, sgemm_transposed_out,
-    transpose,
+    COLUMN_BLOCK, Out, Stored, fresh, init_from, sgemm, sgemm_fresh, sgemm_fresh_blocked,
+    sgemm_transposed_out, transpose, zeroed,
 };
 use super::{f32_slice, per_image_parallel};
 
@@ -191,12 +191,26 @@ impl Geom {
         cols
     }
 
-    /// Adds a column matrix (K×L) back into an image gradient (C×H×W), which it overwrites.
-    fn col2im(&self, cols: &[f32], dx: &mut [f32], parallel: bool) {
+    /// Image `i`'s output gradient (O×L) and column matrix (K×L): the operands of its weight
+    /// gradient dY·colsᵀ.
+    fn weight_grad_operands<'a>(
+        &self,
+        (x, dy): (&'a [f32], &'a [f32]),
+        i: usize,
+        cols: &'a mut Vec<f32>,
+        parallel: bool,
+    ) -> (&'a [f32], &'a [f32]) {
+        let ol = self.o * self.l();
+        let b = self.columns(&x[i * self.image()..(i + 1) * self.image()], cols, parallel);
+        (&dy[i * ol..(i + 1) * ol], b)
+    }
+
+    /// Adds a column matrix (K×L) back into an image gradient (C×H×W), writing every element.
+    fn col2im(&self, cols: &[f32], dx: &mut [MaybeUninit<f32>], parallel: bool) {
         let (l, taps) = (self.l(), self.kh * self.kw);
         let plane_len = self.h * self.w;
-        let add = |(ci, plane): (usize, &mut [f32])| {
-            plane.fill(0.0);
+        let add = |(ci, plane): (usize, &mut [MaybeUninit<f32>])| {
+            let plane = zeroed(plane);
             for r in ci * taps..(ci + 1) * taps {
                 let (_, off_y, off_x) = self.tap(r);
                 let (x0, x1) = valid(off_x, self.p.stride.1, self.w, self.wo);
@@ -520,19 +534,27 @@ impl CustomOp2 for ConvGradInput {
         let weight = f32_slice(s1, l1, "conv2d backward")?;
         let dy = f32_slice(s2, l2, "conv2d backward")?;
         let (k, l) = (g.k(), g.l());
-        let mut dx = vec![0f32; g.n * g.image()];
-        for_each_image(&mut dx, g.image(), g.n, |i, dxi, cols, par| {
+        let image = |i: usize, dxi: &mut [MaybeUninit<f32>], cols: &mut Vec<f32>, par: bool| {
             let dyi = &dy[i * o * l..(i + 1) * o * l];
             let wt = Stored::Transposed;
             if g.pointwise() {
-                sgemm((k, l, o), weight, wt, dyi, Stored::AsIs, dxi, false, par)
+                sgemm_fresh((k, l, o), weight, wt, dyi, Stored::AsIs, dxi, par)?;
             } else {
                 cols.resize(k * l, 0.0);
                 sgemm((k, l, o), weight, wt, dyi, Stored::AsIs, cols, false, par)?;
                 g.col2im(cols, dxi, par);
-                Ok(())
             }
-        })?;
+            Ok(())
+        };
+        // SAFETY: the images' slots partition dx; `sgemm_fresh` writes all k·l = C·H·W elements
+        // of a slot (pointwise: the image is its column matrix), `col2im` zeroes each of its C
+        // planes before adding into it.
+        #[allow(unsafe_code)]
+        let dx = unsafe {
+            fresh(g.n * g.image(), |dx| {
+                for_each_image(dx, g.image(), g.n, image)
+            })?
+        };
         Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
     }
 }
@@ -567,42 +589,53 @@ impl CustomOp2 for ConvGradWeight {
         let (k, l, ok) = (g.k(), g.l(), g.o * g.k());
         // dWᵀ (K×O) = Σ_i cols_i (K×L) · dY_iᵀ (L×O), summed over the images in index order:
         // the GEMM writes the transposed output fastest (see `sgemm_transposed_out`).
-        let one = |i: usize, dst: &mut [f32], cols: &mut Vec<f32>, acc: bool, par: bool| {
-            let b = g.columns(&x[i * g.image()..(i + 1) * g.image()], cols, par);
-            let dyi = &dy[i * o * l..(i + 1) * o * l];
-            sgemm_transposed_out(
-                (o, k, l),
-                dyi,
-                Stored::AsIs,
-                b,
-                Stored::Transposed,
-                dst,
-                acc,
-                par,
-            )
-        };
-        let mut dwt = vec![0f32; ok];
-        if per_image_parallel(g.n) && g.n > 1 {
-            let mut parts = vec![0f32; g.n * ok];
-            for_each_image(&mut parts, ok, g.n, |i, part, cols, _| {
-                one(i, part, cols, false, false)
-            })?;
-            dwt.par_chunks_mut(4096).enumerate().for_each(|(j, chunk)| {
-                let base = j * 4096;
-                for (t, d) in chunk.iter_mut().enumerate() {
-                    let mut s = 0f32;
-                    for i in 0..g.n {
-                        s += parts[i * ok + base + t];
-                    }
-                    *d = s;
+        let dims = (o, k, l);
+        let (sa, sb) = (Stored::AsIs, Stored::Transposed);
+        let dwt = if g.n == 0 {
+            vec![0f32; ok]
+        } else if per_image_parallel(g.n) && g.n > 1 {
+            let part = |i: usize, part: &mut [MaybeUninit<f32>], cols: &mut Vec<f32>, _| {
+                let (a, b) = g.weight_grad_operands((x, dy), i, cols, false);
+                sgemm_transposed_out(dims, a, sa, b, sb, Out::Fresh(part), false).map(|_| ())
+            };
+            // SAFETY: the images' slots partition `parts`, and a fresh product writes all of its
+            // slot's k·o elements.
+            #[allow(unsafe_code)]
+            let parts = unsafe { fresh(g.n * ok, |p| for_each_image(p, ok, g.n, part))? };
+            // Summed image by image in index order, vectorised across the elements.
+            let sum = |(j, chunk): (usize, &mut [MaybeUninit<f32>])| {
+                let (at, len) = (j * 4096, chunk.len());
+                let chunk = init_from(chunk, &parts[at..at + len]);
+                for i in 1..g.n {
+                    let part = &parts[i * ok + at..i * ok + at + len];
+                    chunk.iter_mut().zip(part).for_each(|(d, v)| *d += *v);
                 }
-            });
+            };
+            // SAFETY: the chunks partition the output and `init_from` writes each in full.
+            #[allow(unsafe_code)]
+            unsafe {
+                fresh(ok, |d| {
+                    d.par_chunks_mut(4096).enumerate().for_each(sum);
+                    Ok::<(), candle_core::Error>(())
+                })?
+            }
         } else {
             let mut cols = Vec::new();
-            for i in 0..g.n {
-                one(i, &mut dwt, &mut cols, i > 0, true)?;
+            let all = |d: &mut [MaybeUninit<f32>]| {
+                let (a, b) = g.weight_grad_operands((x, dy), 0, &mut cols, true);
+                let d = sgemm_transposed_out(dims, a, sa, b, sb, Out::Fresh(d), true)?;
+                for i in 1..g.n {
+                    let (a, b) = g.weight_grad_operands((x, dy), i, &mut cols, true);
+                    sgemm_transposed_out(dims, a, sa, b, sb, Out::Add(&mut *d), true)?;
+                }
+                Ok::<(), candle_core::Error>(())
+            };
+            // SAFETY: the first image's fresh product writes all k·o elements (n > 0 here).
+            #[allow(unsafe_code)]
+            unsafe {
+                fresh(ok, all)?
             }
-        }
+        };
         let mut dw = vec![0f32; ok];
         transpose(&dwt, k, o, &mut dw);
         Ok((CpuStorage::F32(dw), Shape::from((g.o, g.c, kh, kw))))

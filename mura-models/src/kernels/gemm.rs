@@ -46,38 +46,62 @@ pub(crate) fn sgemm(
     Ok(())
 }
 
-/// `cᵀ = a·b` (or `cᵀ += a·b`): as [`sgemm`], but the m×n product is stored transposed, `ct`
-/// being row-major n×m. The GEMM writes its output fastest this way when `b` is stored
-/// transposed (the weight gradient dY·colsᵀ of a 32 × 1152 × 3136 DenseNet convolution: 126
-/// GFLOP/s against 45 into a row-major output).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm_transposed_out(
+/// Where a product goes: written into unwritten storage, or added to initialised values.
+pub(crate) enum Out<'c> {
+    Fresh(&'c mut [MaybeUninit<f32>]),
+    Add(&'c mut [f32]),
+}
+
+/// `cᵀ = a·b` (fresh) or `cᵀ += a·b` (add): as [`sgemm`], but the m×n product is stored
+/// transposed, `ct` being row-major n×m. The GEMM writes its output fastest this way when `b`
+/// is stored transposed (the weight gradient dY·colsᵀ of a 32 × 1152 × 3136 DenseNet
+/// convolution: 126 GFLOP/s against 45 into a row-major output). Returns the m·n elements of
+/// `ct`, all written.
+pub(crate) fn sgemm_transposed_out<'c>(
     dims: (usize, usize, usize),
     a: &[f32],
     sa: Stored,
     b: &[f32],
     sb: Stored,
-    ct: &mut [f32],
-    accumulate: bool,
+    ct: Out<'c>,
     parallel: bool,
-) -> candle_core::Result<()> {
-    check(dims, a, b, ct.len())?;
-    let m = dims.0;
-    // SAFETY: `check` proved `ct` holds m·n elements, all initialised; element (i, j) of the
-    // product lies at j·m + i < m·n. `ct` is borrowed mutably, so it aliases neither operand.
-    unsafe {
-        product(
-            dims,
-            a,
-            sa,
-            b,
-            sb,
-            (ct.as_mut_ptr(), 1, m),
-            accumulate,
-            parallel,
-        )
+) -> candle_core::Result<&'c mut [f32]> {
+    let (m, n, _) = dims;
+    let (ptr, len, accumulate) = match ct {
+        Out::Fresh(c) => (c.as_mut_ptr().cast::<f32>(), c.len(), false),
+        Out::Add(c) => (c.as_mut_ptr(), c.len(), true),
     };
-    Ok(())
+    check(dims, a, b, len)?;
+    // SAFETY: `check` proved the storage holds m·n elements, initialised when adding; element
+    // (i, j) of the product lies at j·m + i < m·n. The storage is borrowed mutably, so it aliases
+    // neither operand; a fresh product reads nothing of it and writes all m·n elements (a
+    // zero-depth one writes zeros), after which they are initialised f32 values.
+    unsafe {
+        product(dims, a, sa, b, sb, (ptr, 1, m), accumulate, parallel);
+        Ok(std::slice::from_raw_parts_mut(ptr, m * n))
+    }
+}
+
+/// Zeros written over unwritten storage, handed back as initialised.
+pub(crate) fn zeroed(s: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    s.iter_mut().for_each(|e| {
+        e.write(0.0);
+    });
+    // SAFETY: every element was just written.
+    unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) }
+}
+
+/// `src` copied over unwritten storage of the same length, handed back as initialised.
+///
+/// # Panics
+/// When the lengths differ (a caller's bug, never the data's).
+pub(crate) fn init_from<'d>(dst: &'d mut [MaybeUninit<f32>], src: &[f32]) -> &'d mut [f32] {
+    assert_eq!(dst.len(), src.len(), "init_from: lengths differ");
+    dst.iter_mut().zip(src).for_each(|(d, v)| {
+        d.write(*v);
+    });
+    // SAFETY: all `dst.len()` elements were just written.
+    unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len()) }
 }
 
 /// Row-major `src` (rows × cols) into `dst` as its transpose (cols × rows), tile by tile.
