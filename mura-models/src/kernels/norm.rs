@@ -5,7 +5,7 @@
 //! generic ops, its backward about 8× its forward). Evaluation: one pass of x·scale + shift.
 //! Channel sums are accumulated in f64.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
@@ -153,14 +153,20 @@ pub fn batch_norm_train(
     relu: bool,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let (_, c, _, _) = x.dims4()?;
-    let packed = x.contiguous()?.apply_op3(
-        &gamma.contiguous()?,
-        &beta.contiguous()?,
-        BnTrain { eps, relu },
-    )?;
-    let numel = x.elem_count();
-    let y = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
-    let stats = packed.narrow(0, numel, 2 * c)?.detach();
+    let x = x.contiguous()?;
+    // The statistics first, as their own op without a backward, then the normalisation with
+    // them inside: its output is y alone, so the backward needs no narrowing (candle's
+    // backward of a narrow pads the gradient with zeros and copies it whole).
+    let stats = x.apply_op1_no_bwd(&BnStats)?;
+    let sv = stats.to_vec1::<f32>()?;
+    let (mean, var) = sv.split_at(c);
+    let op = BnTrain {
+        eps,
+        relu,
+        mean: mean.to_vec(),
+        var: var.to_vec(),
+    };
+    let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
     Ok((y, stats.narrow(0, 0, c)?, stats.narrow(0, c, c)?))
 }
 
@@ -186,10 +192,59 @@ pub fn batch_norm_eval(
     x.apply_op2(&ss, BnEval { relu })
 }
 
-/// (x, γ, β) → [y (N·C·H·W), mean (C), biased variance (C)].
+/// x (N×C×H×W) → [batch mean (C), biased batch variance (C)].
+struct BnStats;
+
+impl CustomOp1 for BnStats {
+    fn name(&self) -> &'static str {
+        "mura-batch-norm-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = "batch norm";
+        let (n, c, hw) = dims(l, op)?;
+        let x = f32_slice(s, l, op)?;
+        if n * hw < 2 {
+            candle_core::bail!(
+                "{op}: training needs more than one value per channel, got input {:?}",
+                l.dims()
+            )
+        }
+        let m = (n * hw) as f64;
+        // Per channel: each plane's mean and sum of squared deviations (two passes over a plane
+        // that stays in cache), combined exactly (Chan et al.), so a large mean does not cancel
+        // the variance away.
+        let stats: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let planes: Vec<(f64, f64)> = (0..n)
+                    .map(|b| {
+                        let plane = &x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
+                        vectorised(
+                            #[inline(always)]
+                            || plane_moments(plane),
+                        )
+                    })
+                    .collect();
+                let mean = planes.iter().map(|(pm, _)| pm).sum::<f64>() / n as f64;
+                let m2: f64 = planes
+                    .iter()
+                    .map(|(pm, m2)| m2 + hw as f64 * (pm - mean) * (pm - mean))
+                    .sum();
+                (mean as f32, (m2 / m).max(0.0) as f32)
+            })
+            .collect();
+        let out = stats.iter().map(|s| s.0).chain(stats.iter().map(|s| s.1));
+        Ok((CpuStorage::F32(out.collect()), Shape::from(2 * c)))
+    }
+}
+
+/// (x, γ, β) → y, normalised with the batch statistics it carries (from [`BnStats`]).
 struct BnTrain {
     eps: f64,
     relu: bool,
+    mean: Vec<f32>,
+    var: Vec<f32>,
 }
 
 impl CustomOp3 for BnTrain {
@@ -217,41 +272,15 @@ impl CustomOp3 for BnTrain {
                 beta.len()
             )
         }
-        if n * hw < 2 {
+        if self.mean.len() != c || self.var.len() != c {
             candle_core::bail!(
-                "{op}: training needs more than one value per channel, got input {:?}",
-                l1.dims()
+                "{op}: {c} channels but statistics for {} and {}",
+                self.mean.len(),
+                self.var.len()
             )
         }
-        let m = (n * hw) as f64;
-        // Per channel: each plane's mean and sum of squared deviations (two passes over a plane
-        // that stays in cache), combined exactly (Chan et al.), so a large mean does not cancel
-        // the variance away.
-        let stats: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let planes: Vec<(f64, f64)> = (0..n)
-                    .map(|b| {
-                        let plane = &x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
-                        vectorised(
-                            #[inline(always)]
-                            || plane_moments(plane),
-                        )
-                    })
-                    .collect();
-                let mean = planes.iter().map(|(pm, _)| pm).sum::<f64>() / n as f64;
-                let m2: f64 = planes
-                    .iter()
-                    .map(|(pm, m2)| m2 + hw as f64 * (pm - mean) * (pm - mean))
-                    .sum();
-                (mean as f32, (m2 / m).max(0.0) as f32)
-            })
-            .collect();
-        let mean: Vec<f32> = stats.iter().map(|s| s.0).collect();
-        let var: Vec<f32> = stats.iter().map(|s| s.1).collect();
-        let ss = scale_shift(gamma, beta, &mean, &var, self.eps);
-        let fill = |out: &mut [MaybeUninit<f32>]| {
-            let (y, tail) = out.split_at_mut(n * c * hw);
+        let ss = scale_shift(gamma, beta, &self.mean, &self.var, self.eps);
+        let fill = |y: &mut [MaybeUninit<f32>]| {
             if hw > 0 {
                 y.par_chunks_mut(hw)
                     .zip(x.par_chunks(hw))
@@ -268,16 +297,13 @@ impl CustomOp3 for BnTrain {
                         )
                     });
             }
-            for (t, v) in tail.iter_mut().zip(mean.iter().chain(&var)) {
-                t.write(*v);
-            }
             Ok::<(), candle_core::Error>(())
         };
-        // SAFETY: x holds the n·c planes of hw elements that partition y, and the tail takes the
-        // c means and c variances, so every element is written.
+        // SAFETY: x holds the n·c planes of hw elements that partition y, so every element is
+        // written.
         #[allow(unsafe_code)]
-        let out = unsafe { fresh(n * c * hw + 2 * c, fill)? };
-        Ok((CpuStorage::F32(out), Shape::from(n * c * hw + 2 * c)))
+        let y = unsafe { fresh(n * c * hw, fill)? };
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
     fn bwd(
@@ -285,16 +311,15 @@ impl CustomOp3 for BnTrain {
         x: &Tensor,
         gamma: &Tensor,
         beta: &Tensor,
-        res: &Tensor,
+        _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
         let numel = n * c * h * w;
-        let stats = res.narrow(0, numel, 2 * c)?;
-        let aux = Tensor::cat(&[gamma, beta, &stats], 0)?;
-        let g = grad.contiguous()?.narrow(0, 0, numel)?;
+        let stats: Vec<f32> = self.mean.iter().chain(&self.var).copied().collect();
+        let aux = Tensor::cat(&[gamma, beta, &Tensor::new(stats, x.device())?], 0)?;
         let packed = x.apply_op3_no_bwd(
-            &g,
+            &grad.contiguous()?,
             &aux,
             &BnBackward {
                 eps: self.eps,
@@ -683,7 +708,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("more than one value per channel"), "{err}");
-        let err = batch_norm_train(&x, &g.narrow(0, 0, 2).unwrap(), &g, 1e-5, true)
+        let x2 = Tensor::ones((2, 3, 1, 1), DType::F32, &dev).unwrap();
+        let err = batch_norm_train(&x2, &g.narrow(0, 0, 2).unwrap(), &g, 1e-5, true)
             .unwrap_err()
             .to_string();
         assert!(err.contains("3 channels"), "{err}");
