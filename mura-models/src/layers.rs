@@ -220,6 +220,16 @@ impl Module for Conv {
     }
 }
 
+/// relu(a + b): a residual block's output. On CPU in f32 one fused pass each way
+/// ([`kernels::add_relu`]); elsewhere candle's add and ReLU.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
+        kernels::add_relu(a, b)
+    } else {
+        (a + b)?.relu()
+    }
+}
+
 /// A dense layer that counts its multiply-accumulates.
 pub fn linear_forward(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
     let (out, inp) = l.weight().dims2()?;

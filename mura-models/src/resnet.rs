@@ -141,7 +141,7 @@ impl Block {
             Some((c, bn)) => bn.forward_t(&c.forward(x)?, train)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        crate::layers::add_relu(&y, &shortcut)
     }
 }
 

@@ -7,11 +7,13 @@
 //! BatchNorm) on random shapes, and its gradients by finite differences.
 
 mod conv;
+mod eltwise;
 mod gemm;
 mod norm;
 mod simd;
 
 pub use conv::{Conv2dParams, conv2d, conv2d_relu};
+pub use eltwise::add_relu;
 pub use norm::{batch_norm_eval, batch_norm_train};
 
 use candle_core::backend::BackendStorage;
