@@ -160,6 +160,12 @@ impl Geom {
                 }
                 let src = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
                 let (va, vb) = (x0.clamp(xa, xb), x1.clamp(xa, xb));
+                if va == vb {
+                    // No input column under this tap in the segment (a segment shorter than the
+                    // padding: the first input column would lie before the row).
+                    out.fill(0.0);
+                    continue;
+                }
                 out[..va - xa].fill(0.0);
                 out[vb - xa..].fill(0.0);
                 let out = &mut out[va - xa..vb - xa];
@@ -739,6 +745,10 @@ mod tests {
             ((1, 2, 23, 19), (3, 3, 3), params((1, 1), (1, 1), (1, 1))),
             ((2, 2, 40, 37), (2, 3, 3), params((2, 2), (1, 1), (1, 1))),
             ((1, 1, 30, 41), (2, 3, 5), params((1, 2), (2, 1), (2, 1))),
+            // Inception-v3's 1×7 and 7×1 at 17×17: a block ends one column into a row, a
+            // segment narrower than the padding.
+            ((1, 2, 17, 17), (2, 1, 7), params((1, 1), (0, 3), (1, 1))),
+            ((1, 2, 17, 17), (2, 7, 1), params((1, 1), (3, 0), (1, 1))),
         ];
         for (t, ((n, c, h, w), (o, kh, kw), p)) in cases.into_iter().enumerate() {
             let xv = rand_vec(n * c * h * w, 10 + t as u64);
