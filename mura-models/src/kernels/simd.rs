@@ -60,6 +60,10 @@ mod tests {
             }
             lanes.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
         };
-        assert_eq!(vectorised(|| sum(&v)).to_bits(), sum(&v).to_bits());
+        let wide = vectorised(
+            #[inline(always)]
+            || sum(&v),
+        );
+        assert_eq!(wide.to_bits(), sum(&v).to_bits());
     }
 }
