@@ -123,6 +123,45 @@ fn affine(x: f32, scale: f32, shift: f32, relu: bool) -> f32 {
     if relu { y.max(0.0) } else { y }
 }
 
+/// y = x·scale + shift (then ReLU) with channel ch's (scale, shift) = `ss[ch]`, plane by plane
+/// into a fresh N×C×H×W output (the forward of both training and evaluation BatchNorm).
+fn affine_planes(
+    x: &Images<'_>,
+    (n, c, hw): (usize, usize, usize),
+    ss: &[Pair],
+    relu: bool,
+) -> candle_core::Result<Vec<f32>> {
+    if ss.len() != c {
+        candle_core::bail!(
+            "batch norm: {c} channels but {} scales and shifts",
+            ss.len()
+        )
+    }
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        if hw > 0 {
+            y.par_chunks_mut(hw).enumerate().for_each(|(p, yp)| {
+                let (scale, shift) = ss[p % c];
+                let xp = x.plane(p / c, p % c, hw);
+                vectorised(
+                    #[inline(always)]
+                    || {
+                        for (o, v) in yp.iter_mut().zip(xp) {
+                            o.write(affine(*v, scale, shift, relu));
+                        }
+                    },
+                )
+            });
+        }
+        Ok::<(), candle_core::Error>(())
+    };
+    // SAFETY: the N·C planes of hw elements partition the output, and each plane of the input
+    // holds hw elements (`Images::of` checked the extent), so every element is written.
+    #[allow(unsafe_code)]
+    unsafe {
+        fresh(n * c * hw, fill)
+    }
+}
+
 /// Scale and shift per channel from γ, β, the mean and the biased variance.
 fn scale_shift(
     gamma: &[f32],
@@ -263,7 +302,7 @@ impl CustomOp3 for BnTrain {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let op = "batch norm";
         let (n, c, hw) = dims(l1, op)?;
-        let x = f32_slice(s1, l1, op)?;
+        let x = Images::of(s1, l1, op)?;
         let (gamma, beta) = (f32_slice(s2, l2, op)?, f32_slice(s3, l3, op)?);
         if gamma.len() != c || beta.len() != c {
             candle_core::bail!(
@@ -280,29 +319,7 @@ impl CustomOp3 for BnTrain {
             )
         }
         let ss = scale_shift(gamma, beta, &self.mean, &self.var, self.eps);
-        let fill = |y: &mut [MaybeUninit<f32>]| {
-            if hw > 0 {
-                y.par_chunks_mut(hw)
-                    .zip(x.par_chunks(hw))
-                    .enumerate()
-                    .for_each(|(p, (yp, xp))| {
-                        let (scale, shift) = ss[p % c];
-                        vectorised(
-                            #[inline(always)]
-                            || {
-                                for (o, v) in yp.iter_mut().zip(xp) {
-                                    o.write(affine(*v, scale, shift, self.relu));
-                                }
-                            },
-                        )
-                    });
-            }
-            Ok::<(), candle_core::Error>(())
-        };
-        // SAFETY: x holds the n·c planes of hw elements that partition y, so every element is
-        // written.
-        #[allow(unsafe_code)]
-        let y = unsafe { fresh(n * c * hw, fill)? };
+        let y = affine_planes(&x, (n, c, hw), &ss, self.relu)?;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -361,27 +378,8 @@ impl CustomOp2 for BnEval {
         if ss.len() != 2 * c {
             candle_core::bail!("{op}: {c} channels but {} scale and shift values", ss.len())
         }
-        let fill = |y: &mut [MaybeUninit<f32>]| {
-            if hw > 0 {
-                y.par_chunks_mut(hw).enumerate().for_each(|(p, yp)| {
-                    let (scale, shift) = (ss[p % c], ss[c + p % c]);
-                    let xp = x.plane(p / c, p % c, hw);
-                    vectorised(
-                        #[inline(always)]
-                        || {
-                            for (o, v) in yp.iter_mut().zip(xp) {
-                                o.write(affine(*v, scale, shift, self.relu));
-                            }
-                        },
-                    )
-                });
-            }
-            Ok::<(), candle_core::Error>(())
-        };
-        // SAFETY: the N·C planes of hw elements partition the output, and each plane of the input
-        // holds hw elements (`Images::of` checked the extent), so every element is written.
-        #[allow(unsafe_code)]
-        let y = unsafe { fresh(n * c * hw, fill)? };
+        let ss: Vec<Pair> = (0..c).map(|ch| (ss[ch], ss[c + ch])).collect();
+        let y = affine_planes(&x, (n, c, hw), &ss, self.relu)?;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
