@@ -16,7 +16,7 @@ use super::gemm::{
     COLUMN_BLOCK, Out, Stored, fresh, init_from, sgemm, sgemm_fresh, sgemm_fresh_blocked,
     sgemm_transposed_out, transpose, zeroed,
 };
-use super::{f32_slice, per_image_parallel};
+use super::{f32_slice, per_image_parallel, room, with_scratch};
 
 /// Stride, zero padding and dilation of a convolution, each (height, width).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,7 +192,7 @@ impl Geom {
         if self.pointwise() {
             return x;
         }
-        cols.resize(self.k() * self.l(), 0.0);
+        let cols = room(cols, self.k() * self.l());
         self.im2col(x, (0, self.l()), cols, parallel);
         cols
     }
@@ -263,7 +263,8 @@ impl Geom {
 }
 
 /// Runs `f(image index, output slot, scratch, parallel kernels)` over the images of a batch:
-/// spread over threads image by image when there are enough images, else one at a time.
+/// spread over threads image by image when there are enough images, else one at a time. The
+/// scratch is the running thread's (see [`with_scratch`]).
 fn for_each_image<T: Send>(
     out: &mut [T],
     per_image: usize,
@@ -276,13 +277,14 @@ fn for_each_image<T: Send>(
     if per_image_parallel(n) {
         out.par_chunks_mut(per_image)
             .enumerate()
-            .try_for_each_init(Vec::new, |scratch, (i, slot)| f(i, slot, scratch, false))
+            .try_for_each(|(i, slot)| with_scratch(|scratch| f(i, slot, scratch, false)))
     } else {
-        let mut scratch = Vec::new();
-        for (i, slot) in out.chunks_mut(per_image).enumerate() {
-            f(i, slot, &mut scratch, true)?;
-        }
-        Ok(())
+        with_scratch(|scratch| {
+            for (i, slot) in out.chunks_mut(per_image).enumerate() {
+                f(i, slot, scratch, true)?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -546,7 +548,7 @@ impl CustomOp2 for ConvGradInput {
             if g.pointwise() {
                 sgemm_fresh((k, l, o), weight, wt, dyi, Stored::AsIs, dxi, par)?;
             } else {
-                cols.resize(k * l, 0.0);
+                let cols = room(cols, k * l);
                 sgemm((k, l, o), weight, wt, dyi, Stored::AsIs, cols, false, par)?;
                 g.col2im(cols, dxi, par);
             }
@@ -626,15 +628,16 @@ impl CustomOp2 for ConvGradWeight {
                 })?
             }
         } else {
-            let mut cols = Vec::new();
             let all = |d: &mut [MaybeUninit<f32>]| {
-                let (a, b) = g.weight_grad_operands((x, dy), 0, &mut cols, true);
-                let d = sgemm_transposed_out(dims, a, sa, b, sb, Out::Fresh(d), true)?;
-                for i in 1..g.n {
-                    let (a, b) = g.weight_grad_operands((x, dy), i, &mut cols, true);
-                    sgemm_transposed_out(dims, a, sa, b, sb, Out::Add(&mut *d), true)?;
-                }
-                Ok::<(), candle_core::Error>(())
+                with_scratch(|cols| {
+                    let (a, b) = g.weight_grad_operands((x, dy), 0, cols, true);
+                    let d = sgemm_transposed_out(dims, a, sa, b, sb, Out::Fresh(d), true)?;
+                    for i in 1..g.n {
+                        let (a, b) = g.weight_grad_operands((x, dy), i, cols, true);
+                        sgemm_transposed_out(dims, a, sa, b, sb, Out::Add(&mut *d), true)?;
+                    }
+                    Ok::<(), candle_core::Error>(())
+                })
             };
             // SAFETY: the first image's fresh product writes all k·o elements (n > 0 here).
             #[allow(unsafe_code)]

@@ -186,7 +186,7 @@ pub(crate) fn sgemm_fresh_blocked<'c>(
     let mut j0 = 0;
     while j0 < n {
         let nb = block.min(n - j0);
-        scratch.resize(k * nb, 0.0);
+        let scratch = super::room(scratch, k * nb);
         fill_b(j0, nb, scratch);
         // SAFETY: `a` holds m·k elements (checked above) and `scratch` k·nb; the block of `c`
         // is m rows of nb elements n apart from element j0, the last at (m-1)·n + j0 + nb - 1

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 
-const DEFAULT_BARRIER_POOL_SPIN_LIMIT: u32 = 25_000;
+// mura: 0 (was 25_000). Our kernels run on rayon's threads; a candle worker spinning after
+// each op took a core from them (DenseNet-121 training +7% without the spin; vendor/README.md).
+const DEFAULT_BARRIER_POOL_SPIN_LIMIT: u32 = 0;
 
 /// Per-worker control on its own 64-byte cache line to prevent false sharing.
 #[repr(C, align(64))]
