@@ -43,7 +43,7 @@ fn out_len(size: usize, pad: usize, k: usize, stride: usize, dilation: usize) ->
 }
 
 /// The output positions `o` of one axis whose input `o·stride + offset` lies in `0..size`.
-fn valid(offset: isize, stride: usize, size: usize, out: usize) -> (usize, usize) {
+pub(crate) fn valid(offset: isize, stride: usize, size: usize, out: usize) -> (usize, usize) {
     let s = stride as isize;
     let lo = if offset >= 0 {
         0

@@ -12,9 +12,11 @@ mod gemm;
 mod norm;
 mod simd;
 
+pub(crate) use conv::valid;
 pub use conv::{Conv2dParams, conv2d, conv2d_relu};
 pub use eltwise::add_relu;
 pub use norm::{batch_norm_eval, batch_norm_train};
+pub(crate) use simd::vectorised;
 
 use std::cell::RefCell;
 
