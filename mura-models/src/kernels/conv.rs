@@ -13,8 +13,8 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use super::gemm::{
-    COLUMN_BLOCK, Out, Stored, fresh, init_from, sgemm, sgemm_fresh, sgemm_fresh_blocked,
-    sgemm_transposed_out, transpose, zeroed,
+    COLUMN_BLOCK, Out, Stored, fresh, init_from, init_from_rows, sgemm, sgemm_fresh,
+    sgemm_fresh_blocked, sgemm_strided, sgemm_transposed_out, transpose, zeroed,
 };
 use super::{f32_slice, per_image_parallel, room, with_scratch};
 
@@ -123,6 +123,97 @@ impl Geom {
     /// The image is its own column matrix.
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.p.stride == (1, 1) && self.p.padding == (0, 0)
+    }
+
+    /// Whether the forward runs by shifted products ([`Geom::forward_shifted`]): stride 1, no
+    /// dilation, a kernel larger than 1×1, and at most a quarter more output columns computed
+    /// than kept (a 3×3 kernel on a 7×7 image computes 9 columns per row for 7).
+    fn shifted(&self) -> bool {
+        let (_, wp) = self.padded();
+        self.p.stride == (1, 1)
+            && self.p.dilation == (1, 1)
+            && !self.pointwise()
+            && 4 * wp <= 5 * self.wo
+    }
+
+    /// The padded image's height and width.
+    fn padded(&self) -> (usize, usize) {
+        (self.h + 2 * self.p.padding.0, self.w + 2 * self.p.padding.1)
+    }
+
+    /// The weight (O×C×kh×kw) as one O×C matrix per kernel tap, tap-major.
+    fn tap_weights(&self, w: &[f32]) -> Vec<f32> {
+        let (taps, oc) = (self.kh * self.kw, self.o * self.c);
+        let mut out = vec![0f32; taps * oc];
+        for (t, m) in out.chunks_mut(oc.max(1)).enumerate() {
+            for (j, v) in m.iter_mut().enumerate() {
+                *v = w[j * taps + t];
+            }
+        }
+        out
+    }
+
+    /// Image `x` (C×H×W) into `out` as C planes of hp×wp with its zero border, then kw zeros
+    /// (the last tap of the last plane reads that far past it, into columns that are dropped).
+    fn pad_into(&self, x: &[f32], out: &mut [f32]) {
+        let (hp, wp) = self.padded();
+        let (ph, pw) = self.p.padding;
+        let (planes, slack) = out.split_at_mut(self.c * hp * wp);
+        slack.fill(0.0);
+        for (dst, src) in planes.chunks_mut(hp * wp).zip(x.chunks(self.h * self.w)) {
+            dst[..ph * wp].fill(0.0);
+            dst[(ph + self.h) * wp..].fill(0.0);
+            let rows = dst[ph * wp..(ph + self.h) * wp].chunks_mut(wp);
+            for (d, s) in rows.zip(src.chunks(self.w)) {
+                d[..pw].fill(0.0);
+                d[pw..pw + self.w].copy_from_slice(s);
+                d[pw + self.w..].fill(0.0);
+            }
+        }
+    }
+
+    /// The stride-1 convolution of one image without a column matrix: Y = Σ_t W_t · shift_t(P)
+    /// over the kernel taps t, where P is the padded image (C × hp·wp) and shift_t(P) is P
+    /// read from the tap's offset dy·wp + dx on: each tap's operand is the padded image itself,
+    /// rows hp·wp apart. The products run at the padded width (output rows of wp columns, the
+    /// last kw - 1 of each dropped), in blocks of [`COLUMN_BLOCK`] columns, each tap adding into
+    /// the block. im2col wrote and the GEMM re-read kh·kw copies of the image (26% of a
+    /// DenseNet-169 inference profile); this copies it once.
+    fn forward_shifted<'y>(
+        &self,
+        x: &[f32],
+        taps: &[f32],
+        y: &'y mut [MaybeUninit<f32>],
+        scratch: &mut Vec<f32>,
+        parallel: bool,
+    ) -> candle_core::Result<&'y mut [f32]> {
+        let (hp, wp) = self.padded();
+        let plane = hp * wp;
+        let wide_len = self.ho * wp;
+        let padded_len = self.c * plane + self.kw;
+        let buffer = room(scratch, padded_len + self.o * wide_len);
+        let (padded, wide) = buffer.split_at_mut(padded_len);
+        self.pad_into(x, padded);
+        let oc = self.o * self.c;
+        let mut j0 = 0;
+        while j0 < wide_len {
+            let nb = COLUMN_BLOCK.min(wide_len - j0);
+            for t in 0..self.kh * self.kw {
+                let offset = (t / self.kw) * wp + t % self.kw;
+                sgemm_strided(
+                    (self.o, nb, self.c),
+                    &taps[t * oc..(t + 1) * oc],
+                    (&padded[offset + j0..], plane),
+                    (&mut wide[j0..], wide_len),
+                    t > 0,
+                    parallel,
+                )?;
+            }
+            j0 += nb;
+        }
+        // Output row (o, y) is the first wo columns of wide row o·ho + y.
+        let y = &mut y[..self.o * self.l()];
+        Ok(init_from_rows(y, (wide, wp), self.wo))
     }
 
     /// For column-matrix row `r`: its input channel, and the (row, column) offsets of its kernel
@@ -357,10 +448,13 @@ impl Conv2dOp {
             candle_core::bail!("conv2d: {} output channels but {} biases", g.o, b.len())
         }
         let (k, l) = (g.k(), g.l());
+        let taps = g.shifted().then(|| g.tap_weights(w));
         let image = |i: usize, yi: &mut [MaybeUninit<f32>], cols: &mut Vec<f32>, par: bool| {
             let xi = &x[i * g.image()..(i + 1) * g.image()];
             let yi = if g.pointwise() {
                 sgemm_fresh((g.o, l, k), w, Stored::AsIs, xi, Stored::AsIs, yi, par)?
+            } else if let Some(taps) = &taps {
+                g.forward_shifted(xi, taps, yi, cols, par)?
             } else {
                 let im2col = |l0, lc, block: &mut [f32]| g.im2col(xi, (l0, lc), block, par);
                 sgemm_fresh_blocked((g.o, l, k), w, COLUMN_BLOCK, cols, im2col, yi, par)?
@@ -728,7 +822,8 @@ mod tests {
 
     /// Forward, input and weight gradients against the direct loops, over the shapes the zoo uses
     /// and awkward ones: strides leaving different remainders per axis, asymmetric padding,
-    /// dilation, 1×7 kernels, pointwise, batches below and above the thread count.
+    /// dilation, 1×7 kernels, pointwise, by shifted products and by im2col, batches below and
+    /// above the thread count.
     #[test]
     fn forward_and_both_gradients_match_direct_loops() {
         let dev = Device::Cpu;
@@ -752,6 +847,10 @@ mod tests {
             // segment narrower than the padding.
             ((1, 2, 17, 17), (2, 1, 7), params((1, 1), (0, 3), (1, 1))),
             ((1, 2, 17, 17), (2, 7, 1), params((1, 1), (3, 0), (1, 1))),
+            // By shifted products (see `shifted_products_are_chosen_where_they_pay`): a 3×2
+            // kernel padded on one axis over two blocks, a 5×5 padded by 2.
+            ((2, 3, 20, 18), (3, 3, 2), params((1, 1), (1, 0), (1, 1))),
+            ((2, 2, 12, 16), (3, 5, 5), params((1, 1), (2, 2), (1, 1))),
         ];
         for (t, ((n, c, h, w), (o, kh, kw), p)) in cases.into_iter().enumerate() {
             let xv = rand_vec(n * c * h * w, 10 + t as u64);
@@ -776,6 +875,35 @@ mod tests {
     }
 
     /// The input gradient by central finite differences of a scalar loss (f32, step 1e-2).
+    #[test]
+    fn shifted_products_are_chosen_where_they_pay() {
+        let geom = |x: [usize; 4], w: [usize; 4], p| Geom::new(&x, &w, p).unwrap();
+        let (same, one) = (params((1, 1), (1, 1), (1, 1)), (1, 1));
+        // Cases of `forward_and_both_gradients_match_direct_loops` that take this path.
+        for (x, w, p) in [
+            ([1, 2, 23, 19], [3, 2, 3, 3], same),
+            ([1, 2, 17, 17], [2, 2, 7, 1], params(one, (3, 0), one)),
+            ([2, 3, 20, 18], [3, 3, 3, 2], params(one, (1, 0), one)),
+            ([2, 2, 12, 16], [3, 2, 5, 5], params(one, (2, 2), one)),
+            // DenseNet's growth convolution at 14×14, Inception-v3's stem.
+            ([8, 128, 14, 14], [32, 128, 3, 3], same),
+            ([8, 32, 149, 149], [32, 32, 3, 3], params(one, (0, 0), one)),
+        ] {
+            assert!(geom(x, w, p).shifted(), "{x:?} {w:?} should be shifted");
+        }
+        for (x, w, p) in [
+            // More than a quarter of the columns wasted (7 of 9, 17 of 23), a stride, a
+            // dilation, a pointwise kernel.
+            ([8, 128, 7, 7], [32, 128, 3, 3], same),
+            ([1, 2, 17, 17], [2, 2, 1, 7], params(one, (0, 3), one)),
+            ([1, 2, 16, 16], [2, 2, 3, 3], params((2, 2), (1, 1), one)),
+            ([1, 2, 16, 16], [2, 2, 3, 3], params(one, (2, 2), (2, 2))),
+            ([1, 2, 16, 16], [2, 2, 1, 1], params(one, (0, 0), one)),
+        ] {
+            assert!(!geom(x, w, p).shifted(), "{x:?} {w:?} should use im2col");
+        }
+    }
+
     #[test]
     fn input_gradient_matches_finite_differences() {
         let dev = Device::Cpu;

@@ -36,9 +36,49 @@ pub(crate) fn sgemm(
             dims,
             a,
             sa,
-            b,
-            sb,
+            (b, strides(sb, dims.2, dims.1)),
             (c.as_mut_ptr(), dims.1, 1),
+            accumulate,
+            parallel,
+        )
+    };
+    Ok(())
+}
+
+/// `c (+)= a·b` where `a` is row-major m×k, `b`'s rows start `b_rs` elements apart (its
+/// columns adjacent: a window of a wider matrix, or rows that overlap) and `c`'s rows
+/// `c_rs` apart. What the convolution by shifted products needs: each kernel tap's operand is
+/// the padded image itself, shifted.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_strided(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (b, b_rs): (&[f32], usize),
+    (c, c_rs): (&mut [f32], usize),
+    accumulate: bool,
+    parallel: bool,
+) -> candle_core::Result<()> {
+    let b_reach = if k == 0 { 0 } else { (k - 1) * b_rs + n };
+    let c_reach = if m == 0 { 0 } else { (m - 1) * c_rs + n };
+    if a.len() < m * k || b.len() < b_reach || c.len() < c_reach || c_rs < n {
+        candle_core::bail!(
+            "gemm: {m}×{k} · {k}×{n} with rows {b_rs} and {c_rs} apart needs slices of {}, {b_reach} and {c_reach} elements, got {}, {} and {}",
+            m * k,
+            a.len(),
+            b.len(),
+            c.len()
+        )
+    }
+    // SAFETY: the checks above bound every offset `product` touches: (k-1)·b_rs + n - 1 in
+    // `b`, (m-1)·c_rs + n - 1 in `c` (whose rows, c_rs ≥ n apart, do not overlap); `c` is
+    // initialised and borrowed mutably, so it aliases neither operand.
+    unsafe {
+        product(
+            (m, n, k),
+            a,
+            Stored::AsIs,
+            (b, (1, b_rs as isize)),
+            (c.as_mut_ptr(), c_rs, 1),
             accumulate,
             parallel,
         )
@@ -77,7 +117,8 @@ pub(crate) fn sgemm_transposed_out<'c>(
     // neither operand; a fresh product reads nothing of it and writes all m·n elements (a
     // zero-depth one writes zeros), after which they are initialised f32 values.
     unsafe {
-        product(dims, a, sa, b, sb, (ptr, 1, m), accumulate, parallel);
+        let b = (b, strides(sb, dims.2, n));
+        product(dims, a, sa, b, (ptr, 1, m), accumulate, parallel);
         Ok(std::slice::from_raw_parts_mut(ptr, m * n))
     }
 }
@@ -101,6 +142,28 @@ pub(crate) fn init_from<'d>(dst: &'d mut [MaybeUninit<f32>], src: &[f32]) -> &'d
         d.write(*v);
     });
     // SAFETY: all `dst.len()` elements were just written.
+    unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len()) }
+}
+
+/// Rows of `width` elements, `stride` apart in `src`, copied over unwritten storage one after
+/// another (`dst.len() / width` of them), handed back as initialised.
+///
+/// # Panics
+/// When `dst` is not whole rows or `src` is too short for them (a caller's bug, never the data's).
+pub(crate) fn init_from_rows<'d>(
+    dst: &'d mut [MaybeUninit<f32>],
+    (src, stride): (&[f32], usize),
+    width: usize,
+) -> &'d mut [f32] {
+    if width == 0 {
+        assert!(dst.is_empty(), "init_from_rows: rows of no elements");
+        return &mut [];
+    }
+    assert_eq!(dst.len() % width, 0, "init_from_rows: not whole rows");
+    for (r, row) in dst.chunks_mut(width).enumerate() {
+        init_from(row, &src[r * stride..r * stride + width]);
+    }
+    // SAFETY: the rows partition `dst` and each was written in full.
     unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len()) }
 }
 
@@ -142,8 +205,7 @@ pub(crate) fn sgemm_fresh<'c>(
             dims,
             a,
             sa,
-            b,
-            sb,
+            (b, strides(sb, dims.2, n)),
             (c.as_mut_ptr().cast(), n, 1),
             false,
             parallel,
@@ -197,8 +259,7 @@ pub(crate) fn sgemm_fresh_blocked<'c>(
                 (m, nb, k),
                 a,
                 Stored::AsIs,
-                scratch,
-                Stored::AsIs,
+                (scratch, strides(Stored::AsIs, k, nb)),
                 (c.as_mut_ptr().add(j0).cast(), n, 1),
                 false,
                 parallel,
@@ -247,18 +308,27 @@ fn check(
     Ok(())
 }
 
-/// The product itself, into `c` whose element (i, j) lies at i·c_rs + j·c_cs.
+/// (column stride, row stride) of a rows×cols operand stored as `s`.
+fn strides(s: Stored, rows: usize, cols: usize) -> (isize, isize) {
+    match s {
+        Stored::AsIs => (1, cols as isize),
+        Stored::Transposed => (rows as isize, 1),
+    }
+}
+
+/// The product itself: `b`'s element (l, j) at l·b_rs + j·b_cs, `c`'s element (i, j) at
+/// i·c_rs + j·c_cs.
 ///
 /// # Safety
-/// `a` and `b` hold at least m·k and k·n elements (checked by [`check`]); the m×n elements of `c`
+/// `a` holds at least m·k elements and `b` reaches (k-1)·b_rs + (n-1)·b_cs (checked by
+/// [`check`] for the stored layouts, by [`sgemm_strided`] for its rows); the m×n elements of `c`
 /// at those offsets are writable, alias neither operand and are initialised when `accumulate`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn product(
     (m, n, k): (usize, usize, usize),
     a: &[f32],
     sa: Stored,
-    b: &[f32],
-    sb: Stored,
+    (b, (b_cs, b_rs)): (&[f32], (isize, isize)),
     (c, c_rs, c_cs): (*mut f32, usize, usize),
     accumulate: bool,
     parallel: bool,
@@ -277,16 +347,7 @@ unsafe fn product(
         }
         return;
     }
-    let (m_i, n_i, k_i) = (m as isize, n as isize, k as isize);
-    // (column stride, row stride) of each logical operand.
-    let (a_cs, a_rs) = match sa {
-        Stored::AsIs => (1, k_i),
-        Stored::Transposed => (m_i, 1),
-    };
-    let (b_cs, b_rs) = match sb {
-        Stored::AsIs => (1, n_i),
-        Stored::Transposed => (k_i, 1),
-    };
+    let (a_cs, a_rs) = strides(sa, m, k);
     let threads = rayon::current_num_threads();
     let parallelism = if parallel && threads > 1 {
         gemm::Parallelism::Rayon(threads)
@@ -294,8 +355,8 @@ unsafe fn product(
         gemm::Parallelism::None
     };
     // SAFETY: with the strides above, the largest offset `gemm` touches is (m-1)·k + (k-1) < m·k
-    // in `a` (either storage), (k-1)·n + (n-1) < k·n in `b` and (m-1)·c_rs + (n-1)·c_cs in `c`,
-    // within the lengths and elements of the caller's contract. `gemm` computes c := 1·c + 1·(a·b) when
+    // in `a` (either storage), (k-1)·b_rs + (n-1)·b_cs in `b` and (m-1)·c_rs + (n-1)·c_cs in
+    // `c`, within the lengths and elements of the caller's contract. `gemm` computes c := 1·c + 1·(a·b) when
     // `read_dst`, c := a·b otherwise (then reading nothing of `c`).
     unsafe {
         gemm::gemm(
@@ -348,6 +409,58 @@ mod tests {
             }
         }
         c
+    }
+
+    #[test]
+    fn strided_rows_overlap_and_accumulate_into_a_window_of_c() {
+        // b's rows 3 apart but 5 wide: they overlap, as a tap's shifted image does.
+        let (m, n, k, b_rs, c_rs) = (4, 5, 6, 3, 9);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..(k - 1) * b_rs + n)
+            .map(|i| (i as f32 * 0.11).cos())
+            .collect();
+        let dense: Vec<f32> = (0..k * n).map(|i| b[(i / n) * b_rs + i % n]).collect();
+        let want = reference(m, n, k, &a, false, &dense, false);
+        let mut c = vec![7f32; (m - 1) * c_rs + n];
+        sgemm_strided((m, n, k), &a, (&b, b_rs), (&mut c, c_rs), false, true).unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                assert!(
+                    (c[i * c_rs + j] - want[i * n + j]).abs() < 1e-5,
+                    "({i}, {j})"
+                );
+            }
+            // Between the rows of the window nothing is touched.
+            if i + 1 < m {
+                assert!(c[i * c_rs + n..(i + 1) * c_rs].iter().all(|&v| v == 7.0));
+            }
+        }
+        sgemm_strided((m, n, k), &a, (&b, b_rs), (&mut c, c_rs), true, false).unwrap();
+        for i in 0..m {
+            for j in 0..n {
+                let twice = 2.0 * want[i * n + j];
+                assert!(
+                    (c[i * c_rs + j] - twice).abs() < 1e-5,
+                    "({i}, {j}) accumulated"
+                );
+            }
+        }
+        // One element short of b's last row, of c's last row, rows of c closer than n.
+        let short_b = &b[..b.len() - 1];
+        assert!(
+            sgemm_strided((m, n, k), &a, (short_b, b_rs), (&mut c, c_rs), false, false).is_err()
+        );
+        let short_c = &mut vec![0f32; (m - 1) * c_rs + n - 1];
+        assert!(sgemm_strided((m, n, k), &a, (&b, b_rs), (short_c, c_rs), false, false).is_err());
+        assert!(sgemm_strided((m, n, k), &a, (&b, b_rs), (&mut c, n - 1), false, false).is_err());
+    }
+
+    #[test]
+    fn rows_are_gathered_into_unwritten_storage() {
+        let src: Vec<f32> = (0..20).map(|i| i as f32).collect();
+        let mut dst = vec![MaybeUninit::<f32>::uninit(); 6];
+        let got = init_from_rows(&mut dst, (&src, 5), 3);
+        assert_eq!(got, &[0.0, 1.0, 2.0, 5.0, 6.0, 7.0]);
     }
 
     #[test]
