@@ -7,7 +7,8 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, DType, Storage, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -442,6 +443,9 @@ fn adam(
     beta2: f64,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
+    if let Some(next) = adam_fused(p, g, slot, lr, (beta1, beta2), eps)? {
+        return Ok(next);
+    }
     let m = match &slot.m {
         Some(m) => ((m * beta1)? + (g * (1.0 - beta1))?)?,
         None => (g * (1.0 - beta1))?,
@@ -458,6 +462,74 @@ fn adam(
     slot.m = Some(m);
     slot.v = Some(v);
     Ok(next)
+}
+
+/// [`adam`] for f32 tensors in CPU memory, in one parallel pass that writes the two moments and
+/// the next weights (the candle ops make 13 passes and as many temporaries: 6% of a ResNet-50
+/// training step, whose 25 M weights it updates each step). The same operations in the same
+/// order, in f32 as candle's scalar ops; `None` where it does not apply (another dtype or
+/// device, a strided tensor), and the caller runs the ops.
+fn adam_fused(
+    p: &Tensor,
+    g: &Tensor,
+    slot: &mut Slot,
+    lr: f64,
+    (beta1, beta2): (f64, f64),
+    eps: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    let n = p.elem_count();
+    let moments = slot.m.as_ref().zip(slot.v.as_ref());
+    let mut operands = vec![p, g];
+    operands.extend(moments.map(|(m, v)| [m, v]).into_iter().flatten());
+    if operands
+        .iter()
+        .any(|t| t.dtype() != DType::F32 || !t.device().is_cpu() || t.elem_count() != n)
+    {
+        return Ok(None);
+    }
+    let guards: Vec<_> = operands.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(guards.len());
+    for (storage, layout) in &guards {
+        let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
+            (&**storage, layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        slices.push(&data[a..b]);
+    }
+    let (b1, b2, c1, c2) = (
+        beta1 as f32,
+        beta2 as f32,
+        (1.0 - beta1) as f32,
+        (1.0 - beta2) as f32,
+    );
+    let t = slot.steps as i32;
+    let root_bc2 = (1.0 - beta2.powi(t)).sqrt() as f32;
+    let step = (lr / (1.0 - beta1.powi(t))) as f32;
+    let eps = eps as f32;
+    let (pv, gv, old) = (slices[0], slices[1], slices.get(2).zip(slices.get(3)));
+    let (mut m, mut v, mut next) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    const CHUNK: usize = 1 << 14;
+    m.par_chunks_mut(CHUNK)
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(next.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(c, ((mc, vc), nc))| {
+            for (j, ((mi, vi), ni)) in mc.iter_mut().zip(vc).zip(nc).enumerate() {
+                let i = c * CHUNK + j;
+                let gi = gv[i];
+                (*mi, *vi) = match old {
+                    Some((m0, v0)) => (m0[i] * b1 + gi * c1, v0[i] * b2 + gi * gi * c2),
+                    None => (gi * c1, gi * gi * c2),
+                };
+                *ni = pv[i] - *mi / (vi.sqrt() / root_bc2 + eps) * step;
+            }
+        });
+    drop(guards);
+    let tensor = |data: Vec<f32>| Tensor::from_vec(data, p.shape(), p.device());
+    slot.m = Some(tensor(m)?);
+    slot.v = Some(tensor(v)?);
+    Ok(Some(tensor(next)?))
 }
 
 impl candle_nn::Optimizer for Optim {
@@ -492,7 +564,7 @@ impl candle_nn::Optimizer for Optim {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use candle_core::Device;
 
@@ -512,6 +584,109 @@ mod tests {
         assert!((got - 0.8).abs() < 1e-6, "{got}");
         let bad = Optim::new(OptimizerConfig::adam(1e-3), vars).unwrap();
         assert!(bad.with_l2(f64::NAN).is_err());
+    }
+
+    /// Six steps of a quadratic on 40,000 weights (more than one chunk of the fused pass), as
+    /// f32 (the fused pass) and as f64 (candle's ops, checked against `torch.optim` in
+    /// tests/train.rs); the state saved after three f32 steps and loaded resumes bit for bit.
+    #[test]
+    fn the_fused_f32_adam_matches_the_ops_and_resumes_exactly() {
+        let dev = Device::Cpu;
+        let n = 40_000;
+        let p0: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
+        let a: Vec<f64> = (0..n)
+            .map(|i| 0.5 + (i as f64 * 0.11).cos().abs())
+            .collect();
+        let configs = [
+            OptimizerConfig::adam(0.01),
+            OptimizerConfig::Adam {
+                lr: 0.01,
+                beta1: 0.8,
+                beta2: 0.99,
+                eps: 1e-6,
+                weight_decay: 0.1,
+            },
+            OptimizerConfig::AdamW {
+                lr: 0.01,
+                beta1: beta1(),
+                beta2: beta2(),
+                eps: eps(),
+                weight_decay: 0.05,
+            },
+        ];
+        let run = |config: &OptimizerConfig,
+                   dtype: DType,
+                   steps: (usize, usize),
+                   var: Option<(Var, Optim)>| {
+            let (var, mut opt) = var.unwrap_or_else(|| {
+                let var = Var::from_tensor(
+                    &Tensor::new(p0.as_slice(), &dev)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap(),
+                )
+                .unwrap();
+                let opt = Optim::new(config.clone(), vec![("w".into(), var.clone())]).unwrap();
+                (var, opt)
+            });
+            let a = Tensor::new(a.as_slice(), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            for _ in steps.0..steps.1 {
+                let loss = (var.as_tensor().sqr().unwrap() * &a)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                opt.step(&loss.backward().unwrap()).unwrap();
+            }
+            (var, opt)
+        };
+        let values = |v: &Var| -> Vec<f64> {
+            v.as_tensor()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        // The f32 run takes the fused pass, the f64 one the ops.
+        let t = |dtype| {
+            Tensor::new(&[1f32, 2.0][..], &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+        };
+        let takes = |dtype| {
+            let mut slot = Slot {
+                steps: 1,
+                ..Slot::default()
+            };
+            let (p, g) = (t(dtype), t(dtype));
+            adam_fused(&p, &g, &mut slot, 0.1, (0.9, 0.999), 1e-8)
+                .unwrap()
+                .is_some()
+        };
+        assert!(takes(DType::F32) && !takes(DType::F64));
+        for config in &configs {
+            let (fused, _) = run(config, DType::F32, (0, 6), None);
+            let (ops, _) = run(config, DType::F64, (0, 6), None);
+            let (fused, ops) = (values(&fused), values(&ops));
+            for (i, (f, o)) in fused.iter().zip(&ops).enumerate() {
+                assert!(
+                    (f - o).abs() < 1e-5 * (1.0 + o.abs()),
+                    "{config:?} [{i}]: {f} vs {o}"
+                );
+            }
+            // The moved weights differ from the start: the update was applied.
+            assert!(fused.iter().zip(&p0).any(|(f, p)| (f - p).abs() > 1e-3));
+
+            let (first, opt) = run(config, DType::F32, (0, 3), None);
+            let state = opt.state_tensors().unwrap();
+            let mut second = Optim::new(config.clone(), vec![("w".into(), first.clone())]).unwrap();
+            second.load_state(&state).unwrap();
+            let (resumed, _) = run(config, DType::F32, (3, 6), Some((first, second)));
+            assert_eq!(values(&resumed), fused, "{config:?}: resumed");
+        }
     }
 
     #[test]
