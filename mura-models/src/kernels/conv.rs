@@ -127,10 +127,13 @@ impl Geom {
 
     /// Whether the forward runs by shifted products ([`Geom::forward_shifted`]): stride 1, no
     /// dilation, a kernel larger than 1×1, and at most a quarter more output columns computed
-    /// than kept (a 3×3 kernel on a 7×7 image computes 9 columns per row for 7).
+    /// than kept (a 3×3 kernel on a 7×7 image computes 9 columns per row for 7). Empty
+    /// channel counts take im2col, which handles them.
     fn shifted(&self) -> bool {
         let (_, wp) = self.padded();
-        self.p.stride == (1, 1)
+        self.c > 0
+            && self.o > 0
+            && self.p.stride == (1, 1)
             && self.p.dilation == (1, 1)
             && !self.pointwise()
             && 4 * wp <= 5 * self.wo
@@ -899,8 +902,26 @@ mod tests {
             ([1, 2, 16, 16], [2, 2, 3, 3], params((2, 2), (1, 1), one)),
             ([1, 2, 16, 16], [2, 2, 3, 3], params(one, (2, 2), (2, 2))),
             ([1, 2, 16, 16], [2, 2, 1, 1], params(one, (0, 0), one)),
+            ([1, 0, 16, 16], [2, 0, 3, 3], same),
+            ([1, 2, 16, 16], [0, 2, 3, 3], same),
         ] {
             assert!(!geom(x, w, p).shifted(), "{x:?} {w:?} should use im2col");
+        }
+        // Which run as empty products, not panics.
+        let dev = Device::Cpu;
+        for (c, o) in [(0, 2), (2, 0)] {
+            let x = Tensor::zeros((1, c, 16, 16), DType::F32, &dev).unwrap();
+            let w = Tensor::zeros((o, c, 3, 3), DType::F32, &dev).unwrap();
+            let y = conv2d(&x, &w, None, same).unwrap();
+            assert_eq!(y.dims(), &[1, o, 16, 16]);
+            assert!(
+                y.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .all(|&v| v == 0.0)
+            );
         }
     }
 
