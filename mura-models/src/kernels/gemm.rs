@@ -49,36 +49,76 @@ pub(crate) fn sgemm(
 /// columns adjacent: a window of a wider matrix, or rows that overlap) and `c`'s rows
 /// `c_rs` apart. What the convolution by shifted products needs: each kernel tap's operand is
 /// the padded image itself, shifted.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm_strided(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     a: &[f32],
     (b, b_rs): (&[f32], usize),
     (c, c_rs): (&mut [f32], usize),
     accumulate: bool,
     parallel: bool,
 ) -> candle_core::Result<()> {
-    let b_reach = if k == 0 { 0 } else { (k - 1) * b_rs + n };
-    let c_reach = if m == 0 { 0 } else { (m - 1) * c_rs + n };
-    if a.len() < m * k || b.len() < b_reach || c.len() < c_reach || c_rs < n {
+    let strides = ((b_rs, 1), (c_rs, 1));
+    strided_product(dims, a, (b, c), strides, accumulate, parallel)
+}
+
+/// `c (+)= a·b` where `a` is row-major m×k, `b`'s columns are contiguous runs of k elements
+/// starting `b_cs` apart (column j at `b[j·b_cs..]`: they may overlap) and `c`'s element (i, j)
+/// sits at `i + j·c_cs` (columns of m adjacent elements, `c_cs` ≥ m apart). What the weight
+/// gradient by shifted products needs: dW_t = dY·shift_t(P)ᵀ, whose second operand is the
+/// padded image read from the tap's offset, written as tap t's elements of dWᵀ.
+pub(crate) fn sgemm_columns_strided(
+    dims: (usize, usize, usize),
+    a: &[f32],
+    (b, b_cs): (&[f32], usize),
+    (c, c_cs): (&mut [f32], usize),
+    accumulate: bool,
+    parallel: bool,
+) -> candle_core::Result<()> {
+    let strides = ((1, b_cs), (1, c_cs));
+    strided_product(dims, a, (b, c), strides, accumulate, parallel)
+}
+
+/// The checked core of [`sgemm_strided`] and [`sgemm_columns_strided`]: `b`'s element (p, j)
+/// at p·b_rs + j·b_cs, `c`'s element (i, j) at i·c_rs + j·c_cs, where one of `c`'s strides is 1
+/// and the other spans the extent along it, so that no two elements of `c` share a place.
+#[allow(clippy::type_complexity)]
+fn strided_product(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (b, c): (&[f32], &mut [f32]),
+    ((b_rs, b_cs), (c_rs, c_cs)): ((usize, usize), (usize, usize)),
+    accumulate: bool,
+    parallel: bool,
+) -> candle_core::Result<()> {
+    let reach = |(rows, rs): (usize, usize), (cols, cs): (usize, usize)| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    let b_reach = reach((k, b_rs), (n, b_cs));
+    let c_reach = reach((m, c_rs), (n, c_cs));
+    let disjoint = (c_cs == 1 && c_rs >= n) || (c_rs == 1 && c_cs >= m);
+    if a.len() < m * k || b.len() < b_reach || c.len() < c_reach || !disjoint {
         candle_core::bail!(
-            "gemm: {m}×{k} · {k}×{n} with rows {b_rs} and {c_rs} apart needs slices of {}, {b_reach} and {c_reach} elements, got {}, {} and {}",
+            "gemm: {m}×{k} · {k}×{n} with b's strides ({b_rs}, {b_cs}) and c's ({c_rs}, {c_cs}) needs slices of {}, {b_reach} and {c_reach} elements and c's elements apart, got {}, {} and {}",
             m * k,
             a.len(),
             b.len(),
             c.len()
         )
     }
-    // SAFETY: the checks above bound every offset `product` touches: (k-1)·b_rs + n - 1 in
-    // `b`, (m-1)·c_rs + n - 1 in `c` (whose rows, c_rs ≥ n apart, do not overlap); `c` is
-    // initialised and borrowed mutably, so it aliases neither operand.
+    // SAFETY: the checks above bound every offset `product` touches: (k-1)·b_rs + (n-1)·b_cs
+    // in `b`, (m-1)·c_rs + (n-1)·c_cs in `c`, whose elements do not overlap (`disjoint`); `c`
+    // is initialised and borrowed mutably, so it aliases neither operand.
     unsafe {
         product(
             (m, n, k),
             a,
             Stored::AsIs,
-            (b, (1, b_rs as isize)),
-            (c.as_mut_ptr(), c_rs, 1),
+            (b, (b_cs as isize, b_rs as isize)),
+            (c.as_mut_ptr(), c_rs, c_cs),
             accumulate,
             parallel,
         )
@@ -453,6 +493,41 @@ mod tests {
         let short_c = &mut vec![0f32; (m - 1) * c_rs + n - 1];
         assert!(sgemm_strided((m, n, k), &a, (&b, b_rs), (short_c, c_rs), false, false).is_err());
         assert!(sgemm_strided((m, n, k), &a, (&b, b_rs), (&mut c, n - 1), false, false).is_err());
+    }
+
+    #[test]
+    fn strided_columns_overlap_and_accumulate_into_a_window_of_c() {
+        // b's columns 4 apart but 7 long: they overlap, as a tap's shifted image does in the
+        // weight gradient; c's columns 6 apart, 3 long.
+        let (m, n, k, b_cs, c_cs) = (3, 5, 7, 4, 6);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.29).sin()).collect();
+        let b: Vec<f32> = (0..(n - 1) * b_cs + k)
+            .map(|i| (i as f32 * 0.13).cos())
+            .collect();
+        let dense: Vec<f32> = (0..k * n).map(|i| b[(i % n) * b_cs + i / n]).collect();
+        let want = reference(m, n, k, &a, false, &dense, false);
+        let mut c = vec![7f32; (n - 1) * c_cs + m];
+        for (accumulate, times) in [(false, 1.0), (true, 2.0)] {
+            sgemm_columns_strided((m, n, k), &a, (&b, b_cs), (&mut c, c_cs), accumulate, true)
+                .unwrap();
+            for j in 0..n {
+                for i in 0..m {
+                    let (got, want) = (c[i + j * c_cs], times * want[i * n + j]);
+                    assert!((got - want).abs() < 1e-5, "({i}, {j}) {accumulate}");
+                }
+                // Between the columns of the window nothing is touched.
+                if j + 1 < n {
+                    assert!(c[j * c_cs + m..(j + 1) * c_cs].iter().all(|&v| v == 7.0));
+                }
+            }
+        }
+        // One element short of b's last column, of c's last column, columns of c closer than m.
+        let f = |b: &[f32], c: &mut [f32], c_cs| {
+            sgemm_columns_strided((m, n, k), &a, (b, b_cs), (c, c_cs), false, false).is_err()
+        };
+        assert!(f(&b[..b.len() - 1], &mut c, c_cs));
+        assert!(f(&b, &mut vec![0f32; (n - 1) * c_cs + m - 1], c_cs));
+        assert!(f(&b, &mut c, m - 1));
     }
 
     #[test]
