@@ -16,8 +16,9 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use super::gemm::{
-    COLUMN_BLOCK, Out, Stored, fresh, init_from, init_from_rows, sgemm, sgemm_columns_strided,
-    sgemm_fresh, sgemm_fresh_blocked, sgemm_strided, sgemm_transposed_out, transpose, zeroed,
+    COLUMN_BLOCK, Out, Stored, block_len, fresh, init_from, init_from_rows, sgemm,
+    sgemm_columns_strided, sgemm_fresh, sgemm_fresh_blocked, sgemm_strided, sgemm_transposed_out,
+    transpose, zeroed,
 };
 use super::{f32_slice, per_image_parallel, room, with_scratch};
 
@@ -258,7 +259,7 @@ impl Geom {
         let oc = self.o * self.c;
         let mut j0 = 0;
         while j0 < wide_len {
-            let nb = COLUMN_BLOCK.min(wide_len - j0);
+            let nb = block_len(COLUMN_BLOCK, wide_len - j0);
             for t in 0..self.kh * self.kw {
                 let offset = (t / self.kw) * wp + t % self.kw;
                 sgemm_strided(
@@ -973,10 +974,12 @@ mod tests {
             ((1, 2, 23, 19), (3, 3, 3), params((1, 1), (1, 1), (1, 1))),
             ((2, 2, 40, 37), (2, 3, 3), params((2, 2), (1, 1), (1, 1))),
             ((1, 1, 30, 41), (2, 3, 5), params((1, 2), (2, 1), (2, 1))),
-            // Inception-v3's 1×7 and 7×1 at 17×17: a block ends one column into a row, a
-            // segment narrower than the padding.
+            // Inception-v3's 1×7 and 7×1 at 17×17 (one block of 289 columns), and at 20×17,
+            // where a block ends one column into a row: a segment narrower than the padding.
             ((1, 2, 17, 17), (2, 1, 7), params((1, 1), (0, 3), (1, 1))),
             ((1, 2, 17, 17), (2, 7, 1), params((1, 1), (3, 0), (1, 1))),
+            ((1, 2, 20, 17), (2, 1, 7), params((1, 1), (0, 3), (1, 1))),
+            ((1, 2, 20, 17), (2, 7, 1), params((1, 1), (3, 0), (1, 1))),
             // By shifted products (see `shifted_products_are_chosen_where_they_pay`): a 3×2
             // kernel padded on one axis over two blocks, a 5×5 padded by 2.
             ((2, 3, 20, 18), (3, 3, 2), params((1, 1), (1, 0), (1, 1))),
@@ -1020,6 +1023,7 @@ mod tests {
         for (x, w, p) in [
             ([1, 2, 23, 19], [3, 2, 3, 3], same),
             ([1, 2, 17, 17], [2, 2, 7, 1], params(one, (3, 0), one)),
+            ([1, 2, 20, 17], [2, 2, 7, 1], params(one, (3, 0), one)),
             ([2, 3, 20, 18], [3, 3, 3, 2], params(one, (1, 0), one)),
             ([2, 2, 12, 16], [3, 2, 5, 5], params(one, (2, 2), one)),
             // DenseNet's growth convolution at 14×14, Inception-v3's stem.

@@ -260,6 +260,17 @@ pub(crate) fn sgemm_fresh<'c>(
 /// the depth loop), blocks of 256 columns at 121–127.
 pub(crate) const COLUMN_BLOCK: usize = 256;
 
+/// The columns of the next block when `rest` remain: `block`, or all of them when that leaves
+/// less than a quarter block behind (Inception-v3's 17×17 maps, 289 columns, as one block
+/// instead of 256 and 33: each block's product packs the whole left operand again).
+pub(crate) fn block_len(block: usize, rest: usize) -> usize {
+    if rest < block + block / 4 {
+        rest
+    } else {
+        block
+    }
+}
+
 /// `c = a·b` for row-major `c` (m×n) and `a` (m×k) into unwritten storage, as [`sgemm_fresh`],
 /// where `b` (k×n) is never whole: `fill_b(j0, nb, block)` writes its columns `j0..j0 + nb` as a
 /// row-major k×nb `block` (from `scratch`), and each block's product lands in its columns of `c`.
@@ -287,7 +298,7 @@ pub(crate) fn sgemm_fresh_blocked<'c>(
     let c = &mut c[..m * n];
     let mut j0 = 0;
     while j0 < n {
-        let nb = block.min(n - j0);
+        let nb = block_len(block, n - j0);
         let scratch = super::room(scratch, k * nb);
         fill_b(j0, nb, scratch);
         // SAFETY: `a` holds m·k elements (checked above) and `scratch` k·nb; the block of `c`
@@ -528,6 +539,25 @@ mod tests {
         assert!(f(&b[..b.len() - 1], &mut c, c_cs));
         assert!(f(&b, &mut vec![0f32; (n - 1) * c_cs + m - 1], c_cs));
         assert!(f(&b, &mut c, m - 1));
+    }
+
+    #[test]
+    fn a_tail_under_a_quarter_block_joins_the_last_block() {
+        let blocks = |n: usize| {
+            let (mut j0, mut out) = (0, vec![]);
+            while j0 < n {
+                out.push(block_len(256, n - j0));
+                j0 += out[out.len() - 1];
+            }
+            out
+        };
+        assert_eq!(blocks(289), [289]);
+        assert_eq!(blocks(319), [319]);
+        assert_eq!(blocks(320), [256, 64]);
+        assert_eq!(blocks(1225), [256, 256, 256, 256, 201]);
+        assert_eq!(blocks(1295), [256, 256, 256, 256, 271]);
+        assert_eq!(blocks(49), [49]);
+        assert_eq!(blocks(0), Vec::<usize>::new());
     }
 
     #[test]
