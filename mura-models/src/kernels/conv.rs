@@ -234,6 +234,26 @@ impl Geom {
         }
     }
 
+    /// The buffers of the shifted products, from `scratch`: image `x` padded ([`Geom::pad_into`]:
+    /// C·hp·wp + kw elements) and the O × ho·wp matrix at the padded width that follows it.
+    fn padded_and_wide<'s>(
+        &self,
+        x: &[f32],
+        scratch: &'s mut Vec<f32>,
+    ) -> (&'s [f32], &'s mut [f32]) {
+        let (hp, wp) = self.padded();
+        let padded_len = self.c * hp * wp + self.kw;
+        let buffer = room(scratch, padded_len + self.o * self.ho * wp);
+        let (padded, wide) = buffer.split_at_mut(padded_len);
+        self.pad_into(x, padded);
+        (padded, wide)
+    }
+
+    /// Where kernel tap `t` (row-major over kh×kw) reads the padded image: dy·wp + dx.
+    fn tap_offset(&self, t: usize) -> usize {
+        (t / self.kw) * self.padded().1 + t % self.kw
+    }
+
     /// The stride-1 convolution of one image without a column matrix: Y = Σ_t W_t · shift_t(P)
     /// over the kernel taps t, where P is the padded image (C × hp·wp) and shift_t(P) is P
     /// read from the tap's offset dy·wp + dx on: each tap's operand is the padded image itself,
@@ -249,19 +269,15 @@ impl Geom {
         scratch: &mut Vec<f32>,
         parallel: bool,
     ) -> candle_core::Result<&'y mut [f32]> {
+        let (padded, wide) = self.padded_and_wide(x, scratch);
         let (hp, wp) = self.padded();
-        let plane = hp * wp;
-        let wide_len = self.ho * wp;
-        let padded_len = self.c * plane + self.kw;
-        let buffer = room(scratch, padded_len + self.o * wide_len);
-        let (padded, wide) = buffer.split_at_mut(padded_len);
-        self.pad_into(x, padded);
+        let (plane, wide_len) = (hp * wp, self.ho * wp);
         let oc = self.o * self.c;
         let mut j0 = 0;
         while j0 < wide_len {
             let nb = block_len(COLUMN_BLOCK, wide_len - j0);
             for t in 0..self.kh * self.kw {
-                let offset = (t / self.kw) * wp + t % self.kw;
+                let offset = self.tap_offset(t);
                 sgemm_strided(
                     (self.o, nb, self.c),
                     &taps[t * oc..(t + 1) * oc],
@@ -391,20 +407,16 @@ impl Geom {
             &x[i * self.image()..(i + 1) * self.image()],
             &dy[i * self.o * self.l()..(i + 1) * self.o * self.l()],
         );
+        let (padded, wide) = self.padded_and_wide(x, scratch);
         let (hp, wp) = self.padded();
-        let plane = hp * wp;
-        let depth = self.ho * wp;
-        let padded_len = self.c * plane + self.kw;
-        let buffer = room(scratch, padded_len + self.o * depth);
-        let (padded, wide) = buffer.split_at_mut(padded_len);
-        self.pad_into(x, padded);
+        let (plane, depth) = (hp * wp, self.ho * wp);
         for (dst, src) in wide.chunks_mut(wp).zip(dy.chunks(self.wo)) {
             dst[..self.wo].copy_from_slice(src);
             dst[self.wo..].fill(0.0);
         }
         let (taps, o) = (self.kh * self.kw, self.o);
         for t in 0..taps {
-            let offset = (t / self.kw) * wp + t % self.kw;
+            let offset = self.tap_offset(t);
             sgemm_columns_strided(
                 (o, self.c, depth),
                 wide,
