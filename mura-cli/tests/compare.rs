@@ -111,10 +111,11 @@ fn rendered_dom(html: &Path) -> Option<String> {
         return None;
     };
     let url = format!("file://{}", fs::canonicalize(html).unwrap().display());
-    // Chromium itself now and then dies of a segmentation fault on this kind of machine (CI saw one
-    // in its headless shell on a page that loads every other time). A crash of the browser says
-    // nothing of the page, so it gets three tries, each with a fresh profile; the page's own checks
-    // below still fail whenever the browser does render it.
+    // Chromium itself now and then dies of a segmentation fault (CI saw one in its headless shell;
+    // 60 runs here, some under full load, did not repeat it). A crash of the browser says nothing
+    // of the page, so it gets three tries, each with a fresh profile, and keeps its shared memory
+    // out of /dev/shm, which containers often keep small. The page's own checks in the callers
+    // still fail whenever the browser renders it wrong.
     let mut failures = Vec::new();
     for _ in 0..3 {
         let profile = tempfile::tempdir().unwrap();
