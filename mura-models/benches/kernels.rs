@@ -1,8 +1,10 @@
 //! The CPU kernels of issue 7 against the candle ops they replace, measured in the same run:
 //! convolution forward + backward (a DenseNet 3×3 growth convolution, a 1×1 bottleneck and a
-//! ResNet-style 7×7/2 stem on the image) and BatchNorm + ReLU forward + backward. Each
-//! benchmark runs one forward and the backward of the sum of its output; the ratio of the two
-//! medians is the speed-up. Run with `cargo bench -p mura-models --bench kernels`.
+//! ResNet-style 7×7/2 stem on the image) and BatchNorm + ReLU forward + backward, each running
+//! one forward and the backward of the sum of its output; and the forward alone of 3×3 stride-1
+//! convolutions that run by Winograd (ResNet-50's first stage, Inception-v3's 80 → 192 stem
+//! convolution). The ratio of the two medians is the speed-up. Run with
+//! `cargo bench -p mura-models --bench kernels`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -77,6 +79,33 @@ fn bench_conv(c: &mut Criterion) {
     g.finish();
 }
 
+/// (name, input N×C×H×W, output channels, padding): 3×3 stride-1 forwards by Winograd.
+const WINOGRAD: [(&str, [usize; 4], usize, usize); 2] = [
+    ("resnet_3x3_64to64_56px", [4, 64, 56, 56], 64, 1),
+    ("inception_3x3_80to192_73px", [4, 80, 73, 73], 192, 0),
+];
+
+fn bench_conv_forward(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let mut g = c.benchmark_group("conv2d_3x3_forward");
+    g.sample_size(10);
+    for (name, xs, o, pad) in WINOGRAD {
+        let x = random(&xs, &dev);
+        let w = random(&[o, xs[1], 3, 3], &dev);
+        let params = Conv2dParams {
+            padding: (pad, pad),
+            ..Conv2dParams::default()
+        };
+        g.bench_function(format!("mura/{name}"), |b| {
+            b.iter(|| conv2d(&x, &w, None, params).unwrap())
+        });
+        g.bench_function(format!("candle/{name}"), |b| {
+            b.iter(|| x.conv2d(&w, pad, 1, 1, 1).unwrap())
+        });
+    }
+    g.finish();
+}
+
 fn bench_batch_norm(c: &mut Criterion) {
     let dev = Device::Cpu;
     let mut g = c.benchmark_group("batch_norm_relu_train_forward_backward");
@@ -109,5 +138,5 @@ fn bench_batch_norm(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_conv, bench_batch_norm);
+criterion_group!(benches, bench_conv, bench_conv_forward, bench_batch_norm);
 criterion_main!(benches);

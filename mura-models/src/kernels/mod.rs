@@ -11,6 +11,7 @@ mod eltwise;
 mod gemm;
 mod norm;
 mod simd;
+mod winograd;
 
 pub(crate) use conv::valid;
 pub use conv::{Conv2dParams, conv2d, conv2d_relu};
