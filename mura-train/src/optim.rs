@@ -508,23 +508,20 @@ fn adam_fused(
     let step = (lr / (1.0 - beta1.powi(t))) as f32;
     let eps = eps as f32;
     let (pv, gv, old) = (slices[0], slices[1], slices.get(2).zip(slices.get(3)));
-    let (mut m, mut v, mut next) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-    const CHUNK: usize = 1 << 14;
-    m.par_chunks_mut(CHUNK)
-        .zip(v.par_chunks_mut(CHUNK))
-        .zip(next.par_chunks_mut(CHUNK))
-        .enumerate()
-        .for_each(|(c, ((mc, vc), nc))| {
-            for (j, ((mi, vi), ni)) in mc.iter_mut().zip(vc).zip(nc).enumerate() {
-                let i = c * CHUNK + j;
-                let gi = gv[i];
-                (*mi, *vi) = match old {
-                    Some((m0, v0)) => (m0[i] * b1 + gi * c1, v0[i] * b2 + gi * gi * c2),
-                    None => (gi * c1, gi * gi * c2),
-                };
-                *ni = pv[i] - *mi / (vi.sqrt() / root_bc2 + eps) * step;
-            }
-        });
+    // Collected straight into the three vectors (rayon writes an indexed iterator's items in
+    // place): no zero-fill of 3·n floats first, 300 MB a step for ResNet-50.
+    let (m, (v, next)): (Vec<f32>, (Vec<f32>, Vec<f32>)) = (0..n)
+        .into_par_iter()
+        .with_min_len(1 << 14)
+        .map(|i| {
+            let gi = gv[i];
+            let (mi, vi) = match old {
+                Some((m0, v0)) => (m0[i] * b1 + gi * c1, v0[i] * b2 + gi * gi * c2),
+                None => (gi * c1, gi * gi * c2),
+            };
+            (mi, (vi, pv[i] - mi / (vi.sqrt() / root_bc2 + eps) * step))
+        })
+        .unzip();
     drop(guards);
     let tensor = |data: Vec<f32>| Tensor::from_vec(data, p.shape(), p.device());
     slot.m = Some(tensor(m)?);
