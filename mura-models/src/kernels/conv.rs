@@ -5,6 +5,9 @@
 //! (each kernel tap's product reads the padded image from the tap's offset), and, with few
 //! output channels from many inputs (DenseNet's growth convolution), both gradients the same way.
 //!
+//! 3×3 stride-1 forwards with enough channels and output tiles run by Winograd F(4×4, 3×3)
+//! instead ([`super::winograd`], routed by [`Geom::winograd`]).
+//!
 //! A 1×1 convolution with stride 1 and no padding (DenseNet's bottlenecks, ResNet's projections)
 //! skips im2col: the image already is its column matrix. Work is spread over the images of the
 //! batch when there are at least as many as threads (each GEMM serial), otherwise over each
@@ -211,9 +214,9 @@ impl Geom {
     /// 1 without dilation, at least [`WINOGRAD_CHANNELS`] channels in and out, and at least
     /// [`WINOGRAD_TILES`] tiles per image. Measured at batch 16 against the other routes
     /// (`docs/benchmarks.md`): 1.3–1.7× faster on 28×28 maps and larger with 64 or more
-    /// channels (80 → 192 at 73×73: 89.9 → 55.8 ms), 1.1–1.25× with 32; slower on 16 → 16
-    /// (4%) and on 14×14 maps and smaller (256 → 256 at 14×14: 15.0 → 23.0 ms), where 16 tiles
-    /// make each of the 36 products too small.
+    /// channels each way (80 → 192 at 73×73: 89.9 → 55.8 ms), 1.07–1.3× with 32 on one side;
+    /// slower on 16 → 16 (4%) and on 16×16 maps and smaller (256 → 256 at 14×14: 15.0 → 23.0
+    /// ms), where 16 tiles or fewer make each of the 36 products too small.
     fn winograd(&self) -> Option<Winograd> {
         if (self.kh, self.kw) != (3, 3)
             || self.p.stride != (1, 1)

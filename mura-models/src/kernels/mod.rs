@@ -1,5 +1,6 @@
 //! CPU kernels where candle 0.11.1 is slow (issue 7), as candle custom ops: convolution forward
-//! and backward through im2col/col2im and one GEMM per image, and batch normalisation (with an
+//! and backward through im2col/col2im and one GEMM per image (shifted products or Winograd
+//! where those pay, see `conv.rs`), and batch normalisation (with an
 //! optional fused ReLU) in single passes forward and backward. Other devices and dtypes fall back
 //! to candle's own ops in [`crate::layers`].
 //!
