@@ -907,7 +907,10 @@ impl CustomOp2 for ConvGradWeight {
                         if shifted {
                             g.weight_grad_shifted((x, dy), i, dst, false, cols, true)?;
                         } else {
-                            dst.fill(0.0);
+                            if i > 0 {
+                                // The product adds into its output: the last image's part goes.
+                                dst.fill(0.0);
+                            }
                             let (a, b) = g.weight_grad_operands((x, dy), i, cols, true);
                             sgemm_transposed_out(dims, a, sa, b, sb, Out::Add(dst), true)?;
                         }

@@ -29,9 +29,9 @@ const M: usize = 4;
 const ALPHA: usize = M + 2;
 /// Positions in a transformed tile: one GEMM each.
 const XI: usize = ALPHA * ALPHA;
-/// Tiles per strip (rounded up to whole rows of tiles). Strips of 64, 128 and 256 measured within
-/// 5% of each other on ResNet-50's, Inception-v3's and the custom CNN's shapes, 32 up to 25%
-/// slower (`docs/benchmarks.md`).
+/// Tiles per strip (rounded up to whole rows of tiles). Strips of 128 and 256 measured within 4% of
+/// each other on ResNet-50's and Inception-v3's shapes, 64 up to 19% and 32 up to 33% slower
+/// (`docs/benchmarks.md`).
 const STRIP_TILES: usize = 128;
 
 /// One 3×3 stride-1 convolution's sizes, tiled in 4×4 output blocks.
