@@ -1,6 +1,8 @@
 //! The CPU kernels of issue 7 against the candle ops they replace, measured in the same run:
-//! convolution forward + backward (a DenseNet 3×3 growth convolution, a 1×1 bottleneck and a
-//! ResNet-style 7×7/2 stem on the image) and BatchNorm + ReLU forward + backward, each running
+//! convolution forward + backward (a DenseNet 3×3 growth convolution, the custom CNN's 64 → 128
+//! at 64×64 (Winograd forward and both gradients), ResNet-50's 512 → 512 at 7×7 (the weight
+//! gradient as one product over the batch), a 1×1 bottleneck and a ResNet-style 7×7/2 stem on
+//! the image) and BatchNorm + ReLU forward + backward, each running
 //! one forward and the backward of the sum of its output; and the forward alone of 3×3 stride-1
 //! convolutions that run by Winograd (ResNet-50's first stage, Inception-v3's 80 → 192 stem
 //! convolution). The ratio of the two medians is the speed-up. Run with
@@ -19,11 +21,29 @@ fn random(shape: &[usize], dev: &Device) -> Tensor {
 /// (name, input N×C×H×W, weight O×C×k×k, stride, padding, whether the input needs a gradient).
 type Case = (&'static str, [usize; 4], [usize; 4], usize, usize, bool);
 
-const CONVS: [Case; 3] = [
+const CONVS: [Case; 5] = [
     (
         "densenet_3x3_128to32_28px",
         [8, 128, 28, 28],
         [32, 128, 3, 3],
+        1,
+        1,
+        true,
+    ),
+    // Winograd forward and both gradients.
+    (
+        "custom_3x3_64to128_64px",
+        [8, 64, 64, 64],
+        [128, 64, 3, 3],
+        1,
+        1,
+        true,
+    ),
+    // The weight gradient as one product over the batch.
+    (
+        "resnet_3x3_512to512_7px",
+        [8, 512, 7, 7],
+        [512, 512, 3, 3],
         1,
         1,
         true,

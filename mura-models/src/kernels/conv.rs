@@ -6,7 +6,9 @@
 //! output channels from many inputs (DenseNet's growth convolution), both gradients the same way.
 //!
 //! 3×3 stride-1 forwards with enough channels and output tiles run by Winograd F(4×4, 3×3)
-//! instead ([`super::winograd`], routed by [`Geom::winograd`]).
+//! instead ([`super::winograd`], routed by [`Geom::winograd`]), and so do their input gradients
+//! (themselves such convolutions, [`Geom::grad_input_winograd`]) and, on maps of 64×64 and
+//! more, their weight gradients (the forward's adjoint, [`Geom::weight_grad_winograd`]).
 //!
 //! A 1×1 convolution with stride 1 and no padding (DenseNet's bottlenecks, ResNet's projections)
 //! skips im2col: the image already is its column matrix. Work is spread over the images of the
@@ -74,6 +76,13 @@ const WINOGRAD_CHANNELS: usize = 32;
 /// The fewest 4×4 output tiles per image a convolution runs by Winograd with (a 28×28 map has
 /// 49).
 const WINOGRAD_TILES: usize = 49;
+
+/// The fewest 4×4 output tiles per image the weight gradient runs by Winograd with (a 64×64
+/// map has 256).
+const WINOGRAD_WEIGHT_GRAD_TILES: usize = 256;
+
+/// The most floats the batch's column matrix of [`Geom::weight_grad_batched`] may take (64 MB).
+const BATCHED_COLUMNS: usize = 16 << 20;
 
 /// The sizes of one convolution.
 #[derive(Debug, Clone, Copy)]
@@ -161,26 +170,14 @@ impl Geom {
 
     /// The input gradient of a stride-1 convolution is itself a stride-1 convolution: of the
     /// output gradient (O×ho×wo) padded by (kh-1-ph, kw-1-pw), with the kernel flipped and its
-    /// channels swapped, giving C×h×w. Its geometry where that runs by shifted products
-    /// ([`Geom::shifted`]) and pays, sparing the K×L column matrix Wᵀ·dY and its col2im; `None`
-    /// where col2im stays: a stride or dilation, padding as wide as the kernel, too many columns
-    /// wasted, or more than [`FEW_OUTPUTS`] output channels or fewer input channels. The column
-    /// matrix costs its memory traffic, C·kh·kw·L, against a product of depth O: with O = 32 it
-    /// dominates (DenseNet's 128 → 32 growth convolution: backward 22.0 → 18.4 ms at 56×56,
-    /// 2.2 → 1.5 at 14×14, batch 8, with the weight gradient below), with O = 64 the two ways
-    /// measured the same and with O ≥ 128 the taps' products lost up to 16% (512 → 1024 at 8×8).
-    fn grad_input_shifted(&self) -> Option<Geom> {
+    /// channels swapped ([`Geom::flipped`]), giving C×h×w. Its geometry; `None` for a stride or
+    /// a dilation, or padding as wide as the kernel.
+    fn grad_input_conv(&self) -> Option<Geom> {
         let (ph, pw) = self.p.padding;
-        if self.p.stride != (1, 1)
-            || self.p.dilation != (1, 1)
-            || ph >= self.kh
-            || pw >= self.kw
-            || self.o > FEW_OUTPUTS
-            || self.c < FEW_OUTPUTS
-        {
+        if self.p.stride != (1, 1) || self.p.dilation != (1, 1) || ph >= self.kh || pw >= self.kw {
             return None;
         }
-        let t = Geom {
+        Some(Geom {
             c: self.o,
             h: self.ho,
             w: self.wo,
@@ -192,20 +189,42 @@ impl Geom {
                 ..self.p
             },
             ..*self
-        };
-        t.shifted().then_some(t)
+        })
     }
 
-    /// The weight (O×C×kh×kw) flipped in both kernel axes and with its channels swapped, as one
-    /// C×O matrix per tap, tap-major: the weights of [`Geom::grad_input_shifted`]'s convolution.
-    fn flipped_tap_weights(&self, w: &[f32]) -> Vec<f32> {
-        let (taps, oc) = (self.kh * self.kw, self.o * self.c);
-        let mut out = vec![0f32; taps * oc];
-        for (t, m) in out.chunks_mut(oc.max(1)).enumerate() {
-            for (j, v) in m.iter_mut().enumerate() {
-                let (ci, o) = (j / self.o, j % self.o);
-                *v = w[(o * self.c + ci) * taps + taps - 1 - t];
-            }
+    /// [`Geom::grad_input_conv`] where it runs by shifted products ([`Geom::shifted`]) and
+    /// pays, sparing the K×L column matrix Wᵀ·dY and its col2im; `None` where col2im stays:
+    /// no such convolution, too many columns wasted, or more than [`FEW_OUTPUTS`] output
+    /// channels or fewer input channels. The column matrix costs its memory traffic, C·kh·kw·L,
+    /// against a product of depth O: with O = 32 it dominates (DenseNet's 128 → 32 growth
+    /// convolution: backward 22.0 → 18.4 ms at 56×56, 2.2 → 1.5 at 14×14, batch 8, with the
+    /// weight gradient below), with O = 64 the two ways measured the same and with O ≥ 128 the
+    /// taps' products lost up to 16% (512 → 1024 at 8×8).
+    fn grad_input_shifted(&self) -> Option<Geom> {
+        if self.o > FEW_OUTPUTS || self.c < FEW_OUTPUTS {
+            return None;
+        }
+        self.grad_input_conv().filter(Geom::shifted)
+    }
+
+    /// The Winograd tiling of [`Geom::grad_input_conv`] where that runs by Winograd
+    /// ([`Geom::winograd`]).
+    fn grad_input_winograd(&self) -> Option<Winograd> {
+        self.grad_input_conv()?.winograd()
+    }
+
+    /// The weight (O×C×kh×kw) flipped in both kernel axes and with its channels swapped
+    /// (C×O×kh×kw): the weight of [`Geom::grad_input_conv`]'s convolution.
+    fn flipped(&self, w: &[f32]) -> Vec<f32> {
+        let taps = self.kh * self.kw;
+        let mut out = vec![0f32; self.o * self.c * taps];
+        for (j, kernel) in out.chunks_mut(taps).enumerate() {
+            let (ci, o) = (j / self.o, j % self.o);
+            let src = &w[(o * self.c + ci) * taps..(o * self.c + ci + 1) * taps];
+            kernel
+                .iter_mut()
+                .zip(src.iter().rev())
+                .for_each(|(d, s)| *d = *s);
         }
         out
     }
@@ -228,6 +247,13 @@ impl Geom {
         }
         Winograd::new(self.c, self.o, (self.h, self.w), self.p.padding)
             .filter(|t| t.tiles() >= WINOGRAD_TILES)
+    }
+
+    /// The Winograd tiling where the weight gradient runs by it ([`Winograd::weight_grad`]):
+    /// where the forward does, with at least [`WINOGRAD_WEIGHT_GRAD_TILES`] tiles per image.
+    fn weight_grad_winograd(&self) -> Option<Winograd> {
+        self.winograd()
+            .filter(|t| t.tiles() >= WINOGRAD_WEIGHT_GRAD_TILES)
     }
 
     /// The padded image's height and width.
@@ -398,6 +424,49 @@ impl Geom {
         cols
     }
 
+    /// Whether the weight gradient runs as one product over the whole batch
+    /// ([`Geom::weight_grad_batched`]): where an image's K×O part outweighs its operands by
+    /// half again (K·O > 1.5·L·(K + O): deep layers on small maps, as ResNet-50's 7×7 stage
+    /// and the custom CNN's last two blocks) and the batch's column matrix stays within
+    /// [`BATCHED_COLUMNS`] floats. Measured at batch 8 against the per-image products:
+    /// 1.8–2.3× on ResNet-50's 7×7 layers (K·O is 8–9 times L·(K + O)), 1.2–1.35× on the
+    /// custom CNN's 256 → 512 at 16×16 (1.6 times), 0.83–1.05× on ResNet-50's 14×14 layers
+    /// (1.04–1.17 times).
+    fn weight_grad_batched_pays(&self) -> bool {
+        let (k, l, o) = (self.k(), self.l(), self.o);
+        self.n > 1 && 2 * k * o > 3 * l * (k + o) && k * l * self.n <= BATCHED_COLUMNS
+    }
+
+    /// The weight gradient of the whole batch, dWᵀ (K×O) = cols·dYᵀ over the N·L columns of
+    /// all the images side by side (image i's in columns i·L..(i+1)·L of both operands),
+    /// written into `dwt`. Per image, each product wrote a K×O part that the sum then read
+    /// back, N parts per step (ResNet-50's 23.5 M weights: 188 M floats at batch 8), with a
+    /// depth of L alone (49 on a 7×7 map); gathering the operands costs (K + O)·N·L.
+    fn weight_grad_batched(
+        &self,
+        (x, dy): (&[f32], &[f32]),
+        dwt: &mut [MaybeUninit<f32>],
+    ) -> candle_core::Result<()> {
+        let (k, l, o, nl) = (self.k(), self.l(), self.o, self.n * self.l());
+        with_scratch(|scratch| {
+            let (cols, dys) = room(scratch, (k + o) * nl).split_at_mut(k * nl);
+            let mut image_cols = Vec::new();
+            for i in 0..self.n {
+                let (xi, dyi) = self.image_and_grad((x, dy), i);
+                place_columns(
+                    self.columns(xi, &mut image_cols, true),
+                    l,
+                    cols,
+                    (nl, i * l),
+                );
+                place_columns(dyi, l, dys, (nl, i * l));
+            }
+            let (sa, sb) = (Stored::AsIs, Stored::Transposed);
+            sgemm_transposed_out((o, k, nl), dys, sa, cols, sb, Out::Fresh(dwt), true)?;
+            Ok(())
+        })
+    }
+
     /// Image `i`'s output gradient (O×L) and column matrix (K×L): the operands of its weight
     /// gradient dY·colsᵀ.
     fn weight_grad_operands<'a>(
@@ -407,9 +476,18 @@ impl Geom {
         cols: &'a mut Vec<f32>,
         parallel: bool,
     ) -> (&'a [f32], &'a [f32]) {
-        let ol = self.o * self.l();
-        let b = self.columns(&x[i * self.image()..(i + 1) * self.image()], cols, parallel);
-        (&dy[i * ol..(i + 1) * ol], b)
+        let (xi, dyi) = self.image_and_grad((x, dy), i);
+        (dyi, self.columns(xi, cols, parallel))
+    }
+
+    /// Image `i` (C×H×W) of the batch `x` and its output gradient (O×L) in `dy`.
+    fn image_and_grad<'a>(
+        &self,
+        (x, dy): (&'a [f32], &'a [f32]),
+        i: usize,
+    ) -> (&'a [f32], &'a [f32]) {
+        let (image, ol) = (self.image(), self.o * self.l());
+        (&x[i * image..(i + 1) * image], &dy[i * ol..(i + 1) * ol])
     }
 
     /// Whether the weight gradient runs by shifted products ([`Geom::weight_grad_shifted`]):
@@ -435,10 +513,7 @@ impl Geom {
         scratch: &mut Vec<f32>,
         parallel: bool,
     ) -> candle_core::Result<()> {
-        let (x, dy) = (
-            &x[i * self.image()..(i + 1) * self.image()],
-            &dy[i * self.o * self.l()..(i + 1) * self.o * self.l()],
-        );
+        let (x, dy) = self.image_and_grad((x, dy), i);
         let (padded, wide) = self.padded_and_wide(x, scratch);
         let (hp, wp) = self.padded();
         let (plane, depth) = (hp * wp, self.ho * wp);
@@ -515,6 +590,17 @@ impl Geom {
 /// Runs `f(image index, output slot, scratch, parallel kernels)` over the images of a batch:
 /// spread over threads image by image when there are enough images, else one at a time. The
 /// scratch is the running thread's (see [`with_scratch`]).
+/// The rows of `src` (each `len` long) into the columns `at..at + len` of the rows of `dst`,
+/// `stride` apart, in parallel over the rows.
+fn place_columns(src: &[f32], len: usize, dst: &mut [f32], (stride, at): (usize, usize)) {
+    if len == 0 {
+        return;
+    }
+    dst.par_chunks_mut(stride)
+        .zip(src.par_chunks(len))
+        .for_each(|(d, s)| d[at..at + len].copy_from_slice(s));
+}
+
 fn for_each_image<T: Send>(
     out: &mut [T],
     per_image: usize,
@@ -800,12 +886,22 @@ impl CustomOp2 for ConvGradInput {
         let weight = f32_slice(s1, l1, "conv2d backward")?;
         let dy = f32_slice(s2, l2, "conv2d backward")?;
         let (k, l) = (g.k(), g.l());
-        let shifted = g.grad_input_shifted();
-        let taps = shifted.map(|_| g.flipped_tap_weights(weight));
+        // Winograd, then shifted products, with the flipped kernel (see `grad_input_conv`).
+        let winograd = g.grad_input_winograd();
+        let shifted = g.grad_input_shifted().filter(|_| winograd.is_none());
+        let flipped = (winograd.is_some() || shifted.is_some()).then(|| g.flipped(weight));
+        let winograd = winograd
+            .zip(flipped.as_deref())
+            .map(|(t, f)| (t, t.weights(f)));
+        let taps = shifted
+            .zip(flipped.as_deref())
+            .map(|(t, f)| t.tap_weights(f));
         let image = |i: usize, dxi: &mut [MaybeUninit<f32>], cols: &mut Vec<f32>, par: bool| {
             let dyi = &dy[i * o * l..(i + 1) * o * l];
             let wt = Stored::Transposed;
-            if let (Some(t), Some(taps)) = (&shifted, &taps) {
+            if let Some((t, u)) = &winograd {
+                t.forward(dyi, u, None, false, dxi, cols, par)?;
+            } else if let (Some(t), Some(taps)) = (&shifted, &taps) {
                 t.forward_shifted(dyi, taps, dxi, cols, par)?;
             } else if g.pointwise() {
                 sgemm_fresh((k, l, o), weight, wt, dyi, Stored::AsIs, dxi, par)?;
@@ -816,8 +912,8 @@ impl CustomOp2 for ConvGradInput {
             }
             Ok(())
         };
-        // SAFETY: the images' slots partition dx; `forward_shifted` initialises the first
-        // C·ho'·wo' = C·H·W elements of a slot, `sgemm_fresh` all k·l = C·H·W (pointwise: the
+        // SAFETY: the images' slots partition dx; the Winograd forward and `forward_shifted`
+        // initialise the first C·ho'·wo' = C·H·W elements of a slot, `sgemm_fresh` all k·l = C·H·W (pointwise: the
         // image is its column matrix), `col2im` zeroes each of its C planes before adding.
         #[allow(unsafe_code)]
         let dx = unsafe {
@@ -857,15 +953,26 @@ impl CustomOp2 for ConvGradWeight {
         let x = f32_slice(s1, l1, "conv2d backward")?;
         let dy = f32_slice(s2, l2, "conv2d backward")?;
         let (k, l, ok) = (g.k(), g.l(), g.o * g.k());
-        let shifted = g.weight_grad_shifted_pays();
+        let winograd = g.weight_grad_winograd();
+        let shifted = winograd.is_none() && g.weight_grad_shifted_pays();
         // dWᵀ (K×O) = Σ_i cols_i (K×L) · dY_iᵀ (L×O), summed over the images in index order:
         // the GEMM writes the transposed output fastest (see `sgemm_transposed_out`).
         let dims = (o, k, l);
         let (sa, sb) = (Stored::AsIs, Stored::Transposed);
         let dwt = if g.n == 0 {
             vec![0f32; ok]
+        } else if g.weight_grad_batched_pays() {
+            // SAFETY: the product writes all k·o elements.
+            #[allow(unsafe_code)]
+            unsafe {
+                fresh(ok, |d| g.weight_grad_batched((x, dy), d))?
+            }
         } else if per_image_parallel(g.n) && g.n > 1 {
             let part = |i: usize, part: &mut [MaybeUninit<f32>], cols: &mut Vec<f32>, _| {
+                if let Some(t) = &winograd {
+                    let (xi, dyi) = g.image_and_grad((x, dy), i);
+                    return t.weight_grad(xi, dyi, zeroed(part), cols, false);
+                }
                 if shifted {
                     return g.weight_grad_shifted((x, dy), i, zeroed(part), false, cols, false);
                 }
@@ -904,7 +1011,10 @@ impl CustomOp2 for ConvGradWeight {
                     let mut part = vec![0f32; if g.n > 1 { ok } else { 0 }];
                     for i in 0..g.n {
                         let dst = if i == 0 { &mut *d } else { &mut part[..] };
-                        if shifted {
+                        if let Some(t) = &winograd {
+                            let (xi, dyi) = g.image_and_grad((x, dy), i);
+                            t.weight_grad(xi, dyi, dst, cols, true)?;
+                        } else if shifted {
                             g.weight_grad_shifted((x, dy), i, dst, false, cols, true)?;
                         } else {
                             if i > 0 {
@@ -1052,8 +1162,19 @@ mod tests {
             // By Winograd F(4×4, 3×3) (see `winograd_is_chosen_where_it_pays`): one image (its
             // steps spread over the threads), two with one axis unpadded and sizes that leave
             // partial tiles.
+            // Both also take Winograd for the input gradient (32 → 32 at 28×28; 34 → 33 at
+            // 30×29 padded by (2, 1)); the weight gradient by Winograd from 256 tiles up: one
+            // image, and two (one per thread) of 16×16 tiles, the last row partial.
             ((1, 32, 28, 28), (32, 3, 3), params((1, 1), (1, 1), (1, 1))),
             ((2, 33, 30, 29), (34, 3, 3), params((1, 1), (0, 1), (1, 1))),
+            ((1, 32, 64, 64), (32, 3, 3), params((1, 1), (1, 1), (1, 1))),
+            ((2, 32, 63, 64), (33, 3, 3), params((1, 1), (1, 1), (1, 1))),
+            // The weight gradient as one product over the batch (see
+            // `weight_grad_batched_is_chosen_for_deep_layers_on_small_maps`): 3×3, pointwise
+            // and a strided 1×1.
+            ((3, 16, 4, 3), (24, 3, 3), params((1, 1), (1, 1), (1, 1))),
+            ((3, 40, 3, 3), (48, 1, 1), params((1, 1), (0, 0), (1, 1))),
+            ((2, 32, 7, 7), (128, 1, 1), params((2, 2), (0, 0), (1, 1))),
         ];
         for (t, ((n, c, h, w), (o, kh, kw), p)) in cases.into_iter().enumerate() {
             let xv = rand_vec(n * c * h * w, 10 + t as u64);
@@ -1159,10 +1280,14 @@ mod tests {
                 "{x:?} {w:?}"
             );
         }
-        // The flipped weights: tap t's C×O matrix holds w[o][c][kh-1-ky][kw-1-kx].
+        // The flipped weights as the gradient convolution's taps: tap t's C×O matrix holds
+        // w[o][c][kh-1-ky][kw-1-kx].
         let g = geom([1, 2, 8, 8], [3, 2, 2, 3], same);
         let w: Vec<f32> = (0..3 * 2 * 6).map(|v| v as f32).collect();
-        let flipped = g.flipped_tap_weights(&w);
+        let t = g
+            .grad_input_conv()
+            .expect("a stride-1 gradient convolution");
+        let flipped = t.tap_weights(&g.flipped(&w));
         for (t, (ci, o)) in
             (0..6).flat_map(|t| (0..2).flat_map(move |c| (0..3).map(move |o| (t, (c, o)))))
         {
@@ -1191,7 +1316,8 @@ mod tests {
     }
 
     /// The forward runs by Winograd for 3×3 stride-1 convolutions with at least 32 channels
-    /// each way and 49 tiles (a 28×28 output), by the other routes elsewhere.
+    /// each way and 49 tiles (a 28×28 output), by the other routes elsewhere; the input
+    /// gradient where its own convolution would, the weight gradient from 256 tiles.
     #[test]
     fn winograd_is_chosen_where_it_pays() {
         let geom = |x: [usize; 4], w: [usize; 4], p| Geom::new(&x, &w, p).unwrap();
@@ -1229,6 +1355,77 @@ mod tests {
             ([16, 64, 56, 56], [64, 64, 3, 1], params(one, (1, 0), one)),
         ] {
             assert!(geom(x, w, p).winograd().is_none(), "{x:?} {w:?}");
+        }
+        // The input gradient where its own convolution (O → C at the input's size) does:
+        // ResNet-50's, the custom CNN's 64 → 128 at 64×64 (128 → 64 in the gradient),
+        // DenseNet's 128 → 32 at 56×56 (32 → 128), Inception-v3's unpadded stem (padded by 2
+        // in the gradient); not at 14×14, nor where the stride or the padding (3, as wide as
+        // the kernel) leaves no stride-1 convolution.
+        for (x, w, p, routed) in [
+            ([8, 64, 56, 56], [64, 64, 3, 3], same, true),
+            ([8, 64, 64, 64], [128, 64, 3, 3], same, true),
+            ([8, 128, 56, 56], [32, 128, 3, 3], same, true),
+            ([8, 32, 149, 149], [32, 32, 3, 3], valid, true),
+            ([8, 256, 14, 14], [256, 256, 3, 3], same, false),
+            (
+                [8, 64, 56, 56],
+                [64, 64, 3, 3],
+                params((2, 2), (1, 1), one),
+                false,
+            ),
+            (
+                [8, 64, 56, 56],
+                [64, 64, 3, 3],
+                params(one, (3, 3), one),
+                false,
+            ),
+        ] {
+            let g = geom(x, w, p);
+            assert_eq!(g.grad_input_winograd().is_some(), routed, "{x:?} {w:?}");
+        }
+        // The weight gradient from 256 tiles (a 64×64 output) up: the custom CNN's 32 → 64 at
+        // 128×128 and 64 → 128 at 64×64, Inception-v3's stem; not ResNet-50's 56×56 (196
+        // tiles), nor where the forward takes another route.
+        for (x, w, p, routed) in [
+            ([8, 32, 128, 128], [64, 32, 3, 3], same, true),
+            ([8, 64, 64, 64], [128, 64, 3, 3], same, true),
+            ([8, 32, 149, 149], [32, 32, 3, 3], valid, true),
+            ([8, 80, 73, 73], [192, 80, 3, 3], valid, true),
+            ([8, 128, 32, 32], [256, 128, 3, 3], same, false),
+            ([8, 64, 56, 56], [64, 64, 3, 3], same, false),
+            ([8, 16, 128, 128], [16, 16, 3, 3], same, false),
+        ] {
+            let g = geom(x, w, p);
+            assert_eq!(g.weight_grad_winograd().is_some(), routed, "{x:?} {w:?}");
+        }
+    }
+
+    /// The weight gradient runs as one product over the batch where an image's K×O part
+    /// outweighs its operands by half again: ResNet-50's 7×7 stage and the custom CNN's last
+    /// two blocks at batch 8, not ResNet-50's 14×14 or 28×28 stages, a single image or a
+    /// batch whose column matrix would pass 16 M floats.
+    #[test]
+    fn weight_grad_batched_is_chosen_for_deep_layers_on_small_maps() {
+        let geom = |x: [usize; 4], w: [usize; 4], p| Geom::new(&x, &w, p).unwrap();
+        let (same, one) = (params((1, 1), (1, 1), (1, 1)), (1, 1));
+        let point = params(one, (0, 0), one);
+        for (x, w, p, batched) in [
+            ([8, 2048, 7, 7], [512, 2048, 1, 1], point, true),
+            ([8, 512, 7, 7], [512, 512, 3, 3], same, true),
+            ([8, 1024, 14, 14], [256, 1024, 1, 1], point, false),
+            ([8, 256, 14, 14], [256, 256, 3, 3], same, false),
+            ([8, 512, 8, 8], [1024, 512, 3, 3], same, true),
+            ([8, 256, 16, 16], [512, 256, 3, 3], same, true),
+            ([8, 512, 28, 28], [128, 512, 1, 1], point, false),
+            ([8, 128, 28, 28], [128, 128, 3, 3], same, false),
+            ([1, 512, 7, 7], [512, 512, 3, 3], same, false),
+            ([512, 512, 7, 7], [512, 512, 3, 3], same, false),
+        ] {
+            assert_eq!(
+                geom(x, w, p).weight_grad_batched_pays(),
+                batched,
+                "{x:?} {w:?}"
+            );
         }
     }
 
@@ -1374,9 +1571,17 @@ mod tests {
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
         // Strided by im2col; stride 1 by shifted products in the forward and both gradients;
-        // 32 → 32 at 28×28 by Winograd in the forward. Four images: spread over the threads
-        // with up to 4, one at a time with 8.
-        for (stride, size, o) in [((2, 2), 12, 5), ((1, 1), 12, 5), ((1, 1), 28, 32)] {
+        // 32 → 32 at 28×28 by Winograd in the forward and the input gradient, at 64×64 in the
+        // weight gradient too; at 4×4 the weight gradient as one product over the batch. Four
+        // images: spread over the threads with up to 4, one at a time with 8.
+        let cases = [
+            ((2, 2), 12, 5),
+            ((1, 1), 12, 5),
+            ((1, 1), 28, 32),
+            ((1, 1), 64, 32),
+            ((1, 1), 4, 32),
+        ];
+        for (stride, size, o) in cases {
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)

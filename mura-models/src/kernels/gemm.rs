@@ -34,8 +34,7 @@ pub(crate) fn sgemm(
     unsafe {
         product(
             dims,
-            a,
-            sa,
+            (a, strides(sa, dims.0, dims.2)),
             (b, strides(sb, dims.2, dims.1)),
             (c.as_mut_ptr(), dims.1, 1),
             accumulate,
@@ -58,7 +57,7 @@ pub(crate) fn sgemm_strided(
     parallel: bool,
 ) -> candle_core::Result<()> {
     let strides = ((b_rs, 1), (c_rs, 1));
-    strided_product(dims, a, (b, c), strides, accumulate, parallel)
+    strided_product(dims, (a, dims.2), (b, c), strides, accumulate, parallel)
 }
 
 /// `c (+)= a·b` where `a` is row-major m×k, `b`'s columns are contiguous runs of k elements
@@ -75,16 +74,34 @@ pub(crate) fn sgemm_columns_strided(
     parallel: bool,
 ) -> candle_core::Result<()> {
     let strides = ((1, b_cs), (1, c_cs));
-    strided_product(dims, a, (b, c), strides, accumulate, parallel)
+    strided_product(dims, (a, dims.2), (b, c), strides, accumulate, parallel)
 }
 
-/// The checked core of [`sgemm_strided`] and [`sgemm_columns_strided`]: `b`'s element (p, j)
-/// at p·b_rs + j·b_cs, `c`'s element (i, j) at i·c_rs + j·c_cs, where one of `c`'s strides is 1
+/// `c (+)= a·b` where `a`'s rows start `a_rs` elements apart (its columns adjacent), `b`'s
+/// columns are contiguous runs of k elements starting `b_cs` apart and `c` is row-major with
+/// rows `c_rs` apart. What the weight gradient by Winograd needs: the products of two
+/// transformed tiles' runs, V_ξ·dM_ξᵀ, each operand one run per channel in a channel-major
+/// buffer.
+pub(crate) fn sgemm_rows_by_columns(
+    dims: (usize, usize, usize),
+    (a, a_rs): (&[f32], usize),
+    (b, b_cs): (&[f32], usize),
+    (c, c_rs): (&mut [f32], usize),
+    accumulate: bool,
+    parallel: bool,
+) -> candle_core::Result<()> {
+    let strides = ((1, b_cs), (c_rs, 1));
+    strided_product(dims, (a, a_rs), (b, c), strides, accumulate, parallel)
+}
+
+/// The checked core of [`sgemm_strided`], [`sgemm_columns_strided`] and
+/// [`sgemm_rows_by_columns`]: `a`'s element (i, p) at i·a_rs + p, `b`'s element (p, j) at
+/// p·b_rs + j·b_cs, `c`'s element (i, j) at i·c_rs + j·c_cs, where one of `c`'s strides is 1
 /// and the other spans the extent along it, so that no two elements of `c` share a place.
 #[allow(clippy::type_complexity)]
 fn strided_product(
     (m, n, k): (usize, usize, usize),
-    a: &[f32],
+    (a, a_rs): (&[f32], usize),
     (b, c): (&[f32], &mut [f32]),
     ((b_rs, b_cs), (c_rs, c_cs)): ((usize, usize), (usize, usize)),
     accumulate: bool,
@@ -97,26 +114,26 @@ fn strided_product(
             (rows - 1) * rs + (cols - 1) * cs + 1
         }
     };
+    let a_reach = reach((m, a_rs), (k, 1));
     let b_reach = reach((k, b_rs), (n, b_cs));
     let c_reach = reach((m, c_rs), (n, c_cs));
     let disjoint = (c_cs == 1 && c_rs >= n) || (c_rs == 1 && c_cs >= m);
-    if a.len() < m * k || b.len() < b_reach || c.len() < c_reach || !disjoint {
+    if a_rs < k || a.len() < a_reach || b.len() < b_reach || c.len() < c_reach || !disjoint {
         candle_core::bail!(
-            "gemm: {m}×{k} · {k}×{n} with b's strides ({b_rs}, {b_cs}) and c's ({c_rs}, {c_cs}) needs slices of {}, {b_reach} and {c_reach} elements and c's elements apart, got {}, {} and {}",
-            m * k,
+            "gemm: {m}×{k} · {k}×{n} with a's row stride {a_rs}, b's strides ({b_rs}, {b_cs}) and c's ({c_rs}, {c_cs}) needs a's rows apart, slices of {a_reach}, {b_reach} and {c_reach} elements and c's elements apart, got {}, {} and {}",
             a.len(),
             b.len(),
             c.len()
         )
     }
-    // SAFETY: the checks above bound every offset `product` touches: (k-1)·b_rs + (n-1)·b_cs
-    // in `b`, (m-1)·c_rs + (n-1)·c_cs in `c`, whose elements do not overlap (`disjoint`); `c`
-    // is initialised and borrowed mutably, so it aliases neither operand.
+    // SAFETY: the checks above bound every offset `product` touches: (m-1)·a_rs + (k-1) in
+    // `a`, (k-1)·b_rs + (n-1)·b_cs in `b`, (m-1)·c_rs + (n-1)·c_cs in `c`, whose elements do
+    // not overlap (`disjoint`); `c` is initialised and borrowed mutably, so it aliases neither
+    // operand.
     unsafe {
         product(
             (m, n, k),
-            a,
-            Stored::AsIs,
+            (a, (1, a_rs as isize)),
             (b, (b_cs as isize, b_rs as isize)),
             (c.as_mut_ptr(), c_rs, c_cs),
             accumulate,
@@ -158,7 +175,8 @@ pub(crate) fn sgemm_transposed_out<'c>(
     // zero-depth one writes zeros), after which they are initialised f32 values.
     unsafe {
         let b = (b, strides(sb, dims.2, n));
-        product(dims, a, sa, b, (ptr, 1, m), accumulate, parallel);
+        let a = (a, strides(sa, m, dims.2));
+        product(dims, a, b, (ptr, 1, m), accumulate, parallel);
         Ok(std::slice::from_raw_parts_mut(ptr, m * n))
     }
 }
@@ -243,8 +261,7 @@ pub(crate) fn sgemm_fresh<'c>(
     unsafe {
         product(
             dims,
-            a,
-            sa,
+            (a, strides(sa, m, dims.2)),
             (b, strides(sb, dims.2, n)),
             (c.as_mut_ptr().cast(), n, 1),
             false,
@@ -308,8 +325,7 @@ pub(crate) fn sgemm_fresh_blocked<'c>(
         unsafe {
             product(
                 (m, nb, k),
-                a,
-                Stored::AsIs,
+                (a, strides(Stored::AsIs, m, k)),
                 (scratch, strides(Stored::AsIs, k, nb)),
                 (c.as_mut_ptr().add(j0).cast(), n, 1),
                 false,
@@ -367,18 +383,17 @@ fn strides(s: Stored, rows: usize, cols: usize) -> (isize, isize) {
     }
 }
 
-/// The product itself: `b`'s element (l, j) at l·b_rs + j·b_cs, `c`'s element (i, j) at
-/// i·c_rs + j·c_cs.
+/// The product itself: `a`'s element (i, l) at i·a_rs + l·a_cs, `b`'s element (l, j) at
+/// l·b_rs + j·b_cs, `c`'s element (i, j) at i·c_rs + j·c_cs.
 ///
 /// # Safety
-/// `a` holds at least m·k elements and `b` reaches (k-1)·b_rs + (n-1)·b_cs (checked by
-/// [`check`] for the stored layouts, by [`sgemm_strided`] for its rows); the m×n elements of `c`
+/// `a` reaches (m-1)·a_rs + (k-1)·a_cs and `b` (k-1)·b_rs + (n-1)·b_cs (checked by [`check`]
+/// for the stored layouts, by [`strided_product`] for strided ones); the m×n elements of `c`
 /// at those offsets are writable, alias neither operand and are initialised when `accumulate`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn product(
     (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    sa: Stored,
+    (a, (a_cs, a_rs)): (&[f32], (isize, isize)),
     (b, (b_cs, b_rs)): (&[f32], (isize, isize)),
     (c, c_rs, c_cs): (*mut f32, usize, usize),
     accumulate: bool,
@@ -398,16 +413,15 @@ unsafe fn product(
         }
         return;
     }
-    let (a_cs, a_rs) = strides(sa, m, k);
     let threads = rayon::current_num_threads();
     let parallelism = if parallel && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: with the strides above, the largest offset `gemm` touches is (m-1)·k + (k-1) < m·k
-    // in `a` (either storage), (k-1)·b_rs + (n-1)·b_cs in `b` and (m-1)·c_rs + (n-1)·c_cs in
-    // `c`, within the lengths and elements of the caller's contract. `gemm` computes c := 1·c + 1·(a·b) when
+    // SAFETY: with the given strides, the largest offset `gemm` touches is (m-1)·a_rs +
+    // (k-1)·a_cs in `a`, (k-1)·b_rs + (n-1)·b_cs in `b` and (m-1)·c_rs + (n-1)·c_cs in `c`,
+    // within the lengths and elements of the caller's contract. `gemm` computes c := 1·c + 1·(a·b) when
     // `read_dst`, c := a·b otherwise (then reading nothing of `c`).
     unsafe {
         gemm::gemm(
@@ -539,6 +553,45 @@ mod tests {
         assert!(f(&b[..b.len() - 1], &mut c, c_cs));
         assert!(f(&b, &mut vec![0f32; (n - 1) * c_cs + m - 1], c_cs));
         assert!(f(&b, &mut c, m - 1));
+    }
+
+    #[test]
+    fn strided_rows_by_strided_columns_accumulate_into_a_window_of_c() {
+        // a's rows 9 apart, 6 long; b's columns 8 apart, 6 long; c's rows 7 apart, 5 long: runs
+        // of channel-major buffers, as the Winograd weight gradient reads them.
+        let (m, n, k, a_rs, b_cs, c_rs) = (4, 5, 6, 9, 8, 7);
+        let a: Vec<f32> = (0..(m - 1) * a_rs + k)
+            .map(|i| (i as f32 * 0.31).sin())
+            .collect();
+        let b: Vec<f32> = (0..(n - 1) * b_cs + k)
+            .map(|i| (i as f32 * 0.17).cos())
+            .collect();
+        let dense_a: Vec<f32> = (0..m * k).map(|i| a[(i / k) * a_rs + i % k]).collect();
+        let dense_b: Vec<f32> = (0..k * n).map(|i| b[(i % n) * b_cs + i / n]).collect();
+        let want = reference(m, n, k, &dense_a, false, &dense_b, false);
+        let mut c = vec![7f32; (m - 1) * c_rs + n];
+        for (accumulate, times) in [(false, 1.0), (true, 2.0)] {
+            let (ao, bo) = ((&a[..], a_rs), (&b[..], b_cs));
+            sgemm_rows_by_columns((m, n, k), ao, bo, (&mut c, c_rs), accumulate, true).unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let (got, want) = (c[i * c_rs + j], times * want[i * n + j]);
+                    assert!((got - want).abs() < 1e-5, "({i}, {j}) {accumulate}");
+                }
+                if i + 1 < m {
+                    assert!(c[i * c_rs + n..(i + 1) * c_rs].iter().all(|&v| v == 7.0));
+                }
+            }
+        }
+        // One element short of a's last row or b's last column, a's rows closer than k, c's
+        // rows closer than n.
+        let f = |a: &[f32], a_rs, b: &[f32], c: &mut [f32], c_rs| {
+            sgemm_rows_by_columns((m, n, k), (a, a_rs), (b, b_cs), (c, c_rs), false, false).is_err()
+        };
+        assert!(f(&a[..a.len() - 1], a_rs, &b, &mut c, c_rs));
+        assert!(f(&a, k - 1, &b, &mut c, c_rs));
+        assert!(f(&a, a_rs, &b[..b.len() - 1], &mut c, c_rs));
+        assert!(f(&a, a_rs, &b, &mut c, n - 1));
     }
 
     #[test]
