@@ -587,9 +587,6 @@ impl Geom {
     }
 }
 
-/// Runs `f(image index, output slot, scratch, parallel kernels)` over the images of a batch:
-/// spread over threads image by image when there are enough images, else one at a time. The
-/// scratch is the running thread's (see [`with_scratch`]).
 /// The rows of `src` (each `len` long) into the columns `at..at + len` of the rows of `dst`,
 /// `stride` apart, in parallel over the rows.
 fn place_columns(src: &[f32], len: usize, dst: &mut [f32], (stride, at): (usize, usize)) {
@@ -601,6 +598,9 @@ fn place_columns(src: &[f32], len: usize, dst: &mut [f32], (stride, at): (usize,
         .for_each(|(d, s)| d[at..at + len].copy_from_slice(s));
 }
 
+/// Runs `f(image index, output slot, scratch, parallel kernels)` over the images of a batch:
+/// spread over threads image by image when there are enough images, else one at a time. The
+/// scratch is the running thread's (see [`with_scratch`]).
 fn for_each_image<T: Send>(
     out: &mut [T],
     per_image: usize,
