@@ -3,16 +3,17 @@
 //! at 64×64 (Winograd forward and both gradients), ResNet-50's 512 → 512 at 7×7 (the weight
 //! gradient as one product over the batch), a 1×1 bottleneck and a ResNet-style 7×7/2 stem on
 //! the image) and BatchNorm + ReLU forward + backward, each running
-//! one forward and the backward of the sum of its output; and the forward alone of 3×3 stride-1
+//! one forward and the backward of the sum of its output; the forward alone of 3×3 stride-1
 //! convolutions that run by Winograd (ResNet-50's first stage, Inception-v3's 80 → 192 stem
-//! convolution). The ratio of the two medians is the speed-up. Run with
-//! `cargo bench -p mura-models --bench kernels`.
+//! convolution); and max and average pooling (see [`bench_pool`]). The ratio of the two medians
+//! is the speed-up. Run with `cargo bench -p mura-models --bench kernels`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use criterion::{Criterion, criterion_group, criterion_main};
 use mura_models::kernels::{Conv2dParams, batch_norm_train, conv2d};
+use mura_models::pool::Pool2d;
 
 fn random(shape: &[usize], dev: &Device) -> Tensor {
     Tensor::randn(0f32, 1.0, shape, dev).unwrap()
@@ -158,5 +159,49 @@ fn bench_batch_norm(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_conv, bench_conv_forward, bench_batch_norm);
+/// Pooling forward + backward (the backward of the sum of the output): the 3×3/2 max pool of
+/// the ResNet and DenseNet stems and DenseNet's first 2×2 average-pooling transition. candle
+/// has no padding and refuses the backward of a window wider than its stride, so its peer
+/// cases are the stem's pool without padding (forward only) and the average pool (forward +
+/// backward).
+fn bench_pool(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let mut g = c.benchmark_group("pool2d");
+    g.sample_size(10);
+    let stem = Var::from_tensor(&random(&[8, 64, 112, 112], &dev)).unwrap();
+    g.bench_function("mura/max_3x3s2p1_8x64x112px_forward_backward", |b| {
+        b.iter(|| {
+            let y = Pool2d::max(3, 2, 1).forward(&stem).unwrap();
+            y.sum_all().unwrap().backward().unwrap()
+        })
+    });
+    g.bench_function("mura/max_3x3s2_8x64x112px_forward", |b| {
+        b.iter(|| Pool2d::max(3, 2, 0).forward(&stem).unwrap())
+    });
+    g.bench_function("candle/max_3x3s2_8x64x112px_forward", |b| {
+        b.iter(|| stem.max_pool2d_with_stride(3, 2).unwrap())
+    });
+    let transition = Var::from_tensor(&random(&[8, 128, 56, 56], &dev)).unwrap();
+    g.bench_function("mura/avg_2x2s2_8x128x56px_forward_backward", |b| {
+        b.iter(|| {
+            let y = Pool2d::avg(2, 2, 0).forward(&transition).unwrap();
+            y.sum_all().unwrap().backward().unwrap()
+        })
+    });
+    g.bench_function("candle/avg_2x2s2_8x128x56px_forward_backward", |b| {
+        b.iter(|| {
+            let y = transition.avg_pool2d(2).unwrap();
+            y.sum_all().unwrap().backward().unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_conv,
+    bench_conv_forward,
+    bench_batch_norm,
+    bench_pool
+);
 criterion_main!(benches);
