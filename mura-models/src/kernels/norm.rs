@@ -1,14 +1,16 @@
 //! Batch normalisation of N×C×H×W f32 tensors in single passes, with an optional fused ReLU.
 //!
-//! Training: one pass for the per-channel mean and (biased) variance, one to normalise; backward
-//! one pass for Σdy and Σdy·x̂ per channel and one for dx (candle-nn's BatchNorm builds both from
+//! Training: one op, channel by channel, takes the mean and (biased) variance of the channel's
+//! planes and normalises them while they are in cache; backward one pass for Σdy and Σdy·x̂ per
+//! channel and one for dx (candle-nn's BatchNorm builds both from
 //! generic ops, its backward about 8× its forward). Evaluation: one pass of x·scale + shift.
 //! Channel sums are accumulated in f64.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
+use std::sync::{Arc, OnceLock};
 
 use super::gemm::fresh;
 use super::simd::vectorised;
@@ -193,20 +195,33 @@ pub fn batch_norm_train(
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let (_, c, _, _) = x.dims4()?;
     let x = x.contiguous()?;
-    // The statistics first, as their own op without a backward, then the normalisation with
-    // them inside: its output is y alone, so the backward needs no narrowing (candle's
-    // backward of a narrow pads the gradient with zeros and copies it whole).
-    let stats = x.apply_op1_no_bwd(&BnStats)?;
-    let sv = stats.to_vec1::<f32>()?;
-    let (mean, var) = sv.split_at(c);
+    // One op computes the statistics and normalises with them, channel by channel while the
+    // channel's planes are in cache (as two ops, x was read from memory twice). Its output is
+    // y alone, so the backward needs no narrowing (candle's backward of a narrow pads the
+    // gradient with zeros and copies it whole); the statistics come back through `stats`.
+    let stats = Arc::new(OnceLock::new());
     let op = BnTrain {
         eps,
         relu,
-        mean: mean.to_vec(),
-        var: var.to_vec(),
+        stats: stats.clone(),
     };
-    let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    Ok((y, stats.narrow(0, 0, c)?, stats.narrow(0, c, c)?))
+    let y = x.apply_op3_arc(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        Arc::new(Box::new(op)),
+    )?;
+    let Some(Stats { mean, var }) = stats.get() else {
+        candle_core::bail!("batch norm: the forward left no batch statistics")
+    };
+    if mean.len() != c || var.len() != c {
+        candle_core::bail!("batch norm: {c} channels but statistics for {}", mean.len())
+    }
+    let dev = x.device();
+    Ok((
+        y,
+        Tensor::new(mean.as_slice(), dev)?,
+        Tensor::new(var.as_slice(), dev)?,
+    ))
 }
 
 /// Evaluation-mode batch norm from the running statistics (gradients flow to x, γ and β).
@@ -231,59 +246,49 @@ pub fn batch_norm_eval(
     x.apply_op2(&ss, BnEval { relu })
 }
 
-/// x (N×C×H×W) → [batch mean (C), biased batch variance (C)].
-struct BnStats;
-
-impl CustomOp1 for BnStats {
-    fn name(&self) -> &'static str {
-        "mura-batch-norm-stats"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let op = "batch norm";
-        let (n, c, hw) = dims(l, op)?;
-        let x = f32_slice(s, l, op)?;
-        if n * hw < 2 {
-            candle_core::bail!(
-                "{op}: training needs more than one value per channel, got input {:?}",
-                l.dims()
-            )
-        }
-        let m = (n * hw) as f64;
-        // Per channel: each plane's mean and sum of squared deviations (two passes over a plane
-        // that stays in cache), combined exactly (Chan et al.), so a large mean does not cancel
-        // the variance away.
-        let stats: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let planes: Vec<(f64, f64)> = (0..n)
-                    .map(|b| {
-                        let plane = &x[(b * c + ch) * hw..(b * c + ch + 1) * hw];
-                        vectorised(
-                            #[inline(always)]
-                            || plane_moments(plane),
-                        )
-                    })
-                    .collect();
-                let mean = planes.iter().map(|(pm, _)| pm).sum::<f64>() / n as f64;
-                let m2: f64 = planes
-                    .iter()
-                    .map(|(pm, m2)| m2 + hw as f64 * (pm - mean) * (pm - mean))
-                    .sum();
-                (mean as f32, (m2 / m).max(0.0) as f32)
-            })
-            .collect();
-        let out = stats.iter().map(|s| s.0).chain(stats.iter().map(|s| s.1));
-        Ok((CpuStorage::F32(out.collect()), Shape::from(2 * c)))
-    }
+/// A batch's per-channel mean and biased variance.
+#[derive(Debug)]
+struct Stats {
+    mean: Vec<f32>,
+    var: Vec<f32>,
 }
 
-/// (x, γ, β) → y, normalised with the batch statistics it carries (from [`BnStats`]).
+/// One channel's mean and biased variance over its n planes (`plane(b)` is image b's): each
+/// plane's mean and sum of squared deviations (two passes over a plane that stays in cache),
+/// combined exactly (Chan et al.), so a large mean does not cancel the variance away.
+#[inline]
+fn channel_moments<'a>(n: usize, hw: usize, plane: impl Fn(usize) -> &'a [f32]) -> (f32, f32) {
+    let planes: Vec<(f64, f64)> = (0..n)
+        .map(|b| {
+            vectorised(
+                #[inline(always)]
+                || plane_moments(plane(b)),
+            )
+        })
+        .collect();
+    let mean = planes.iter().map(|(pm, _)| pm).sum::<f64>() / n as f64;
+    let m2: f64 = planes
+        .iter()
+        .map(|(pm, m2)| m2 + hw as f64 * (pm - mean) * (pm - mean))
+        .sum();
+    (mean as f32, (m2 / (n * hw) as f64).max(0.0) as f32)
+}
+
+/// (x, γ, β) → y, normalised with the batch statistics it computes, which it leaves in
+/// `stats` for the running averages and its own backward.
 struct BnTrain {
     eps: f64,
     relu: bool,
-    mean: Vec<f32>,
-    var: Vec<f32>,
+    stats: Arc<OnceLock<Stats>>,
+}
+
+impl BnTrain {
+    fn stats(&self) -> candle_core::Result<&Stats> {
+        match self.stats.get() {
+            Some(stats) => Ok(stats),
+            None => candle_core::bail!("batch norm backward: the forward left no statistics"),
+        }
+    }
 }
 
 impl CustomOp3 for BnTrain {
@@ -311,15 +316,54 @@ impl CustomOp3 for BnTrain {
                 beta.len()
             )
         }
-        if self.mean.len() != c || self.var.len() != c {
+        if n * hw < 2 {
             candle_core::bail!(
-                "{op}: {c} channels but statistics for {} and {}",
-                self.mean.len(),
-                self.var.len()
+                "{op}: training needs more than one value per channel, got input {:?}",
+                l1.dims()
             )
         }
-        let ss = scale_shift(gamma, beta, &self.mean, &self.var, self.eps);
-        let y = affine_planes(&x, (n, c, hw), &ss, self.relu)?;
+        // One channel: its statistics, then its n output planes from them, while its input
+        // planes are still in cache.
+        let channel = |ch: usize, y: Vec<&mut [MaybeUninit<f32>]>| {
+            let (mean, var) = channel_moments(n, hw, |b| x.plane(b, ch, hw));
+            let (scale, shift) =
+                scale_shift(&gamma[ch..=ch], &beta[ch..=ch], &[mean], &[var], self.eps)[0];
+            for (b, yp) in y.into_iter().enumerate() {
+                let xp = x.plane(b, ch, hw);
+                vectorised(
+                    #[inline(always)]
+                    || {
+                        for (o, v) in yp.iter_mut().zip(xp) {
+                            o.write(affine(*v, scale, shift, self.relu));
+                        }
+                    },
+                )
+            }
+            (mean, var)
+        };
+        let mut stats = Vec::new();
+        let fill = |y: &mut [MaybeUninit<f32>]| {
+            // Each channel's n output planes (plane b·c + ch), handed to its task.
+            let mut planes: Vec<Vec<_>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
+            for (p, yp) in y.chunks_mut(hw).enumerate() {
+                planes[p % c].push(yp);
+            }
+            stats = planes
+                .into_par_iter()
+                .enumerate()
+                .map(|(ch, y)| channel(ch, y))
+                .collect();
+            Ok::<(), candle_core::Error>(())
+        };
+        // SAFETY: hw > 0 (n·hw ≥ 2), so the n·c planes of hw elements partition the output and
+        // each channel's task writes all n of its planes (each input plane holds hw elements:
+        // `Images::of` checked the extent), so every element is written.
+        #[allow(unsafe_code)]
+        let y = unsafe { fresh(n * c * hw, fill)? };
+        let (mean, var) = stats.into_iter().unzip();
+        if self.stats.set(Stats { mean, var }).is_err() {
+            candle_core::bail!("{op}: the op ran twice")
+        }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -333,7 +377,8 @@ impl CustomOp3 for BnTrain {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, c, h, w) = x.dims4()?;
         let numel = n * c * h * w;
-        let stats: Vec<f32> = self.mean.iter().chain(&self.var).copied().collect();
+        let Stats { mean, var } = self.stats()?;
+        let stats: Vec<f32> = mean.iter().chain(var).copied().collect();
         let aux = Tensor::cat(&[gamma, beta, &Tensor::new(stats, x.device())?], 0)?;
         let packed = x.apply_op3_no_bwd(
             &grad.contiguous()?,
