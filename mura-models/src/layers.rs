@@ -374,13 +374,37 @@ impl BatchNorm {
         let (y, mean, var) =
             kernels::batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
         let (n, _, h, w) = x.dims4()?;
-        let m = (n * h * w) as f64;
+        self.update_running(&mean, &var, n * h * w)?;
+        Ok(y)
+    }
+
+    /// Training-mode BatchNorm (then ReLU if `relu`) of a dense block's features so far, read
+    /// in place from the block's buffer (see [`kernels::DenseFeatures`]); the running
+    /// statistics move as in [`BatchNorm::forward_act`].
+    pub(crate) fn forward_dense_train(
+        &self,
+        features: &kernels::DenseFeatures,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
+        if self.folded.is_some() {
+            candle_core::bail!("a BatchNorm folded into its convolution for inference cannot train")
+        }
+        let (y, mean, var) = features.norm_train(&self.weight, &self.bias, self.eps, relu)?;
+        let (n, _, h, w) = y.dims4()?;
+        self.update_running(&mean, &var, n * h * w)?;
+        Ok(y)
+    }
+
+    /// Moves the running statistics towards a batch's (`m` values per channel), PyTorch's
+    /// way: the variance unbiased.
+    fn update_running(&self, mean: &Tensor, var: &Tensor, m: usize) -> candle_core::Result<()> {
+        let m = m as f64;
         let keep = 1.0 - BN_MOMENTUM;
         let rm = ((self.running_mean.as_tensor() * keep)? + (mean * BN_MOMENTUM)?)?;
         let rv = ((self.running_var.as_tensor() * keep)? + (var * (BN_MOMENTUM * m / (m - 1.0)))?)?;
         self.running_mean.set(&rm)?;
         self.running_var.set(&rv)?;
-        Ok(y)
+        Ok(())
     }
 }
 

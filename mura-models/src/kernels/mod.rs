@@ -8,6 +8,7 @@
 //! BatchNorm) on random shapes, and its gradients by finite differences.
 
 mod conv;
+mod dense;
 mod eltwise;
 mod gemm;
 mod norm;
@@ -16,6 +17,7 @@ mod winograd;
 
 pub(crate) use conv::valid;
 pub use conv::{Conv2dParams, conv2d, conv2d_relu};
+pub(crate) use dense::DenseFeatures;
 pub use eltwise::add_relu;
 pub use norm::{batch_norm_eval, batch_norm_train};
 pub(crate) use simd::vectorised;

@@ -98,23 +98,42 @@ fn grad_sums(g: &[f32], x: &[f32], (mean, inv): Pair) -> (f64, f64) {
     )
 }
 
+/// One plane of an input gradient: written into fresh storage, or added to a gradient
+/// buffer (DenseNet's block, where every layer that reads a channel adds its part).
+pub(super) enum DxPlane<'a> {
+    Write(&'a mut [MaybeUninit<f32>]),
+    Add(&'a mut [f32]),
+}
+
 /// One plane of the input gradient from `g` (see [`mask`]): in training
 /// dx = γ·inv/M · (M·g − Σg − x̂·Σg·x̂) = scale · (g − a − x̂·b) with a = Σg/M, b = Σg·x̂/M;
 /// in evaluation dx = g·scale.
 #[inline(always)]
 fn plane_dx<const TRAIN: bool>(
-    dx: &mut [MaybeUninit<f32>],
+    dx: &mut DxPlane<'_>,
     x: &[f32],
     g: &[f32],
     (scale, (mean, inv), (a, b)): (f32, Pair, Pair),
 ) {
-    for ((o, v), gv) in dx.iter_mut().zip(x).zip(g) {
-        o.write(if TRAIN {
+    let value = |v: f32, gv: f32| {
+        if TRAIN {
             let xhat = (v - mean) * inv;
             scale * (gv - a - xhat * b)
         } else {
             gv * scale
-        });
+        }
+    };
+    match dx {
+        DxPlane::Write(dx) => {
+            for ((o, v), gv) in dx.iter_mut().zip(x).zip(g) {
+                o.write(value(*v, *gv));
+            }
+        }
+        DxPlane::Add(dx) => {
+            for ((o, v), gv) in dx.iter_mut().zip(x).zip(g) {
+                *o += value(*v, *gv);
+            }
+        }
     }
 }
 
@@ -184,6 +203,21 @@ fn scale_shift(
         .collect()
 }
 
+/// A training backward's per-channel (scale, shift) and (mean, inverse deviation).
+pub(super) fn train_centres(
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+) -> (Vec<Pair>, Vec<Pair>) {
+    let inv = |ch: usize| (1.0 / (f64::from(var[ch]) + eps).sqrt()) as f32;
+    (
+        scale_shift(gamma, beta, mean, var, eps),
+        (0..mean.len()).map(|ch| (mean[ch], inv(ch))).collect(),
+    )
+}
+
 /// Training-mode batch norm: returns `(y, batch mean, biased batch variance)`; y carries the
 /// gradient to x, γ and β, the statistics none (they are for the running averages).
 pub fn batch_norm_train(
@@ -248,9 +282,9 @@ pub fn batch_norm_eval(
 
 /// A batch's per-channel mean and biased variance.
 #[derive(Debug)]
-struct Stats {
-    mean: Vec<f32>,
-    var: Vec<f32>,
+pub(super) struct Stats {
+    pub(super) mean: Vec<f32>,
+    pub(super) var: Vec<f32>,
 }
 
 /// One channel's mean and biased variance over its n planes (`plane(b)` is image b's): each
@@ -272,6 +306,64 @@ fn channel_moments<'a>(n: usize, hw: usize, plane: impl Fn(usize) -> &'a [f32]) 
         .map(|(pm, m2)| m2 + hw as f64 * (pm - mean) * (pm - mean))
         .sum();
     (mean as f32, (m2 / (n * hw) as f64).max(0.0) as f32)
+}
+
+/// The training forward of a BatchNorm over the N×C×hw images `x` (γ, β of C values checked
+/// by the caller): y fresh, and the batch statistics.
+pub(super) fn train_forward(
+    x: &Images<'_>,
+    (n, c, hw): (usize, usize, usize),
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    relu: bool,
+) -> candle_core::Result<(Vec<f32>, Stats)> {
+    let op = "batch norm";
+    if n * hw < 2 {
+        candle_core::bail!(
+            "{op}: training needs more than one value per channel, got {n} image(s) of {c} \
+             channel(s) of {hw} value(s)"
+        )
+    }
+    // One channel: its statistics, then its n output planes from them, while its input
+    // planes are still in cache.
+    let channel = |ch: usize, y: Vec<&mut [MaybeUninit<f32>]>| {
+        let (mean, var) = channel_moments(n, hw, |b| x.plane(b, ch, hw));
+        let (scale, shift) = scale_shift(&gamma[ch..=ch], &beta[ch..=ch], &[mean], &[var], eps)[0];
+        for (b, yp) in y.into_iter().enumerate() {
+            let xp = x.plane(b, ch, hw);
+            vectorised(
+                #[inline(always)]
+                || {
+                    for (o, v) in yp.iter_mut().zip(xp) {
+                        o.write(affine(*v, scale, shift, relu));
+                    }
+                },
+            )
+        }
+        (mean, var)
+    };
+    let mut stats = Vec::new();
+    let fill = |y: &mut [MaybeUninit<f32>]| {
+        // Each channel's n output planes (plane b·c + ch), handed to its task.
+        let mut planes: Vec<Vec<_>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
+        for (p, yp) in y.chunks_mut(hw).enumerate() {
+            planes[p % c].push(yp);
+        }
+        stats = planes
+            .into_par_iter()
+            .enumerate()
+            .map(|(ch, y)| channel(ch, y))
+            .collect();
+        Ok::<(), candle_core::Error>(())
+    };
+    // SAFETY: hw > 0 (n·hw ≥ 2), so the n·c planes of hw elements partition the output and
+    // each channel's task writes all n of its planes (each input plane holds hw elements:
+    // `Images::of` checked the extent), so every element is written.
+    #[allow(unsafe_code)]
+    let y = unsafe { fresh(n * c * hw, fill)? };
+    let (mean, var) = stats.into_iter().unzip();
+    Ok((y, Stats { mean, var }))
 }
 
 /// (x, γ, β) → y, normalised with the batch statistics it computes, which it leaves in
@@ -316,52 +408,8 @@ impl CustomOp3 for BnTrain {
                 beta.len()
             )
         }
-        if n * hw < 2 {
-            candle_core::bail!(
-                "{op}: training needs more than one value per channel, got input {:?}",
-                l1.dims()
-            )
-        }
-        // One channel: its statistics, then its n output planes from them, while its input
-        // planes are still in cache.
-        let channel = |ch: usize, y: Vec<&mut [MaybeUninit<f32>]>| {
-            let (mean, var) = channel_moments(n, hw, |b| x.plane(b, ch, hw));
-            let (scale, shift) =
-                scale_shift(&gamma[ch..=ch], &beta[ch..=ch], &[mean], &[var], self.eps)[0];
-            for (b, yp) in y.into_iter().enumerate() {
-                let xp = x.plane(b, ch, hw);
-                vectorised(
-                    #[inline(always)]
-                    || {
-                        for (o, v) in yp.iter_mut().zip(xp) {
-                            o.write(affine(*v, scale, shift, self.relu));
-                        }
-                    },
-                )
-            }
-            (mean, var)
-        };
-        let mut stats = Vec::new();
-        let fill = |y: &mut [MaybeUninit<f32>]| {
-            // Each channel's n output planes (plane b·c + ch), handed to its task.
-            let mut planes: Vec<Vec<_>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
-            for (p, yp) in y.chunks_mut(hw).enumerate() {
-                planes[p % c].push(yp);
-            }
-            stats = planes
-                .into_par_iter()
-                .enumerate()
-                .map(|(ch, y)| channel(ch, y))
-                .collect();
-            Ok::<(), candle_core::Error>(())
-        };
-        // SAFETY: hw > 0 (n·hw ≥ 2), so the n·c planes of hw elements partition the output and
-        // each channel's task writes all n of its planes (each input plane holds hw elements:
-        // `Images::of` checked the extent), so every element is written.
-        #[allow(unsafe_code)]
-        let y = unsafe { fresh(n * c * hw, fill)? };
-        let (mean, var) = stats.into_iter().unzip();
-        if self.stats.set(Stats { mean, var }).is_err() {
+        let (y, stats) = train_forward(&x, (n, c, hw), gamma, beta, self.eps, self.relu)?;
+        if self.stats.set(stats).is_err() {
             candle_core::bail!("{op}: the op ran twice")
         }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -455,7 +503,71 @@ impl CustomOp2 for BnEval {
 }
 
 /// Two per-channel values (scale and shift, or mean and inverse deviation).
-type Pair = (f32, f32);
+pub(super) type Pair = (f32, f32);
+
+/// What a BatchNorm backward needs per channel besides x and dy: the forward's (scale, shift)
+/// and centre (mean, inverse deviation in training; (0, 1) in evaluation), and its mode.
+pub(super) struct Grads<'a> {
+    pub(super) ss: &'a [Pair],
+    pub(super) centre: &'a [Pair],
+    pub(super) relu: bool,
+    pub(super) train: bool,
+}
+
+impl Grads<'_> {
+    /// The backward of every channel, in parallel: channel ch's n planes of dx go to
+    /// `planes[ch]` (image order); returns (Σg·x̂, Σg) per channel. `dy` is contiguous
+    /// N×C×hw; x may be a channel range of a wider tensor.
+    pub(super) fn channels(
+        &self,
+        x: &Images<'_>,
+        dy: &[f32],
+        (n, c, hw): (usize, usize, usize),
+        planes: Vec<Vec<DxPlane<'_>>>,
+    ) -> Vec<[f64; 2]> {
+        let (relu, train, m) = (self.relu, self.train, (n * hw) as f64);
+        // One channel: the gradient g reaching the affine output (dy masked by the ReLU) of its
+        // n planes into `g`, the sums (Σg·x̂, Σg) plane by plane in index order, then dx from g;
+        // the channel's planes stay in cache between the two passes.
+        let channel = |g: &mut Vec<f32>, ch: usize, dx: Vec<DxPlane<'_>>| {
+            g.resize(n * hw, 0.0);
+            let (ss, centre) = (self.ss[ch], self.centre[ch]);
+            let (mut s, mut sx) = (0f64, 0f64);
+            for (b, gp) in g.chunks_mut(hw).enumerate() {
+                let xp = x.plane(b, ch, hw);
+                let dyp = &dy[(b * c + ch) * hw..(b * c + ch + 1) * hw];
+                let (ps, psx) = vectorised(
+                    #[inline(always)]
+                    || {
+                        match relu {
+                            true => mask::<true>(gp, xp, dyp, ss),
+                            false => gp.copy_from_slice(dyp),
+                        }
+                        grad_sums(gp, xp, centre)
+                    },
+                );
+                (s, sx) = (s + ps, sx + psx);
+            }
+            let args = (ss.0, centre, ((s / m) as f32, (sx / m) as f32));
+            for ((b, mut dxp), gp) in dx.into_iter().enumerate().zip(g.chunks(hw)) {
+                let xp = x.plane(b, ch, hw);
+                vectorised(
+                    #[inline(always)]
+                    || match train {
+                        true => plane_dx::<true>(&mut dxp, xp, gp, args),
+                        false => plane_dx::<false>(&mut dxp, xp, gp, args),
+                    },
+                )
+            }
+            [sx, s]
+        };
+        planes
+            .into_par_iter()
+            .enumerate()
+            .map_init(Vec::new, |g, (ch, dx)| channel(g, ch, dx))
+            .collect()
+    }
+}
 
 /// (x, dy, aux) → [dx, Σ, Σ] where, in training, aux = [γ, β, mean, var] and the sums are dγ and
 /// dβ; in evaluation aux = [scale, shift] and the sums are dscale and dshift.
@@ -498,52 +610,17 @@ impl CustomOp3 for BnBackward {
         let (ss, centre): (Vec<Pair>, Vec<Pair>) = if self.train {
             let (gamma, beta) = (&aux[..c], &aux[c..2 * c]);
             let (mean, var) = (&aux[2 * c..3 * c], &aux[3 * c..]);
-            let inv = |ch: usize| (1.0 / (f64::from(var[ch]) + self.eps).sqrt()) as f32;
-            (
-                scale_shift(gamma, beta, mean, var, self.eps),
-                (0..c).map(|ch| (mean[ch], inv(ch))).collect(),
-            )
+            train_centres(gamma, beta, mean, var, self.eps)
         } else {
             (
                 (0..c).map(|ch| (aux[ch], aux[c + ch])).collect(),
                 vec![(0.0, 1.0); c],
             )
         };
-        let (relu, train, m) = (self.relu, self.train, (n * hw) as f64);
-        // One channel: the gradient g reaching the affine output (dy masked by the ReLU) of its
-        // n planes into `g`, the sums (Σg·x̂, Σg) plane by plane in index order, then dx from g;
-        // the channel's planes stay in cache between the two passes.
-        let channel = |g: &mut Vec<f32>, ch: usize, dx: Vec<&mut [MaybeUninit<f32>]>| {
-            g.resize(n * hw, 0.0);
-            let (ss, centre) = (ss[ch], centre[ch]);
-            let plane = |b: usize| (b * c + ch) * hw..(b * c + ch + 1) * hw;
-            let (mut s, mut sx) = (0f64, 0f64);
-            for (b, gp) in g.chunks_mut(hw).enumerate() {
-                let (xp, dyp) = (&x[plane(b)], &dy[plane(b)]);
-                let (ps, psx) = vectorised(
-                    #[inline(always)]
-                    || {
-                        match relu {
-                            true => mask::<true>(gp, xp, dyp, ss),
-                            false => gp.copy_from_slice(dyp),
-                        }
-                        grad_sums(gp, xp, centre)
-                    },
-                );
-                (s, sx) = (s + ps, sx + psx);
-            }
-            let args = (ss.0, centre, ((s / m) as f32, (sx / m) as f32));
-            for ((b, dxp), gp) in dx.into_iter().enumerate().zip(g.chunks(hw)) {
-                let xp = &x[plane(b)];
-                vectorised(
-                    #[inline(always)]
-                    || match train {
-                        true => plane_dx::<true>(dxp, xp, gp, args),
-                        false => plane_dx::<false>(dxp, xp, gp, args),
-                    },
-                )
-            }
-            [sx, s]
+        let x = Images {
+            data: x,
+            start: 0,
+            stride: c * hw,
         };
         let fill = |out: &mut [MaybeUninit<f32>]| {
             let (dx, tail) = out.split_at_mut(n * c * hw);
@@ -553,13 +630,15 @@ impl CustomOp3 for BnBackward {
                 // Each channel's n output planes (plane b·c + ch), handed to its task.
                 let mut planes: Vec<Vec<_>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
                 for (p, dxp) in dx.chunks_mut(hw).enumerate() {
-                    planes[p % c].push(dxp);
+                    planes[p % c].push(DxPlane::Write(dxp));
                 }
-                planes
-                    .into_par_iter()
-                    .enumerate()
-                    .map_init(Vec::new, |g, (ch, dx)| channel(g, ch, dx))
-                    .collect()
+                let grads = Grads {
+                    ss: &ss,
+                    centre: &centre,
+                    relu: self.relu,
+                    train: self.train,
+                };
+                grads.channels(&x, dy, (n, c, hw), planes)
             };
             let (dgamma, dbeta) = tail.split_at_mut(c);
             for ((g, b), [sx, s]) in dgamma.iter_mut().zip(dbeta).zip(&sums) {
