@@ -23,7 +23,7 @@
 //! `Start` hands G's first channels to x. The tokens carry one-element zero gradients, so
 //! that candle visits them.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -55,6 +55,12 @@ struct Features {
 impl State {
     fn features(&self) -> candle_core::Result<RwLockReadGuard<'_, Features>> {
         self.features.read().map_err(|_| {
+            candle_core::Error::Msg("dense block: the feature buffer is poisoned".into())
+        })
+    }
+
+    fn features_mut(&self) -> candle_core::Result<RwLockWriteGuard<'_, Features>> {
+        self.features.write().map_err(|_| {
             candle_core::Error::Msg("dense block: the feature buffer is poisoned".into())
         })
     }
@@ -212,9 +218,7 @@ impl CustomOp1 for Start {
         let op = "dense block";
         let x = f32_slice(s, l, op)?;
         let st = &self.state;
-        let mut f = st.features.write().map_err(|_| {
-            candle_core::Error::Msg("dense block: the feature buffer is poisoned".into())
-        })?;
+        let mut f = st.features_mut()?;
         let fits = matches!(*l.dims(), [n, c, h, w]
             if n == st.n && h == st.h && w == st.w && c <= st.total);
         if !fits || f.filled != 0 {
@@ -265,9 +269,7 @@ impl CustomOp2 for Append {
             [n, g, h, w] => (n, g, h, w),
             ref d => candle_core::bail!("{op}: a layer's output must be N×C×H×W, got {d:?}"),
         };
-        let mut f = st.features.write().map_err(|_| {
-            candle_core::Error::Msg("dense block: the feature buffer is poisoned".into())
-        })?;
+        let mut f = st.features_mut()?;
         if n != st.n || h * w != st.hw || f.filled != self.at || self.at + growth > st.total {
             candle_core::bail!(
                 "{op}: a layer output {:?} does not fit after {} of {} channels of {}×{} maps",
