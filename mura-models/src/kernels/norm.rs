@@ -144,6 +144,19 @@ fn affine(x: f32, scale: f32, shift: f32, relu: bool) -> f32 {
     if relu { y.max(0.0) } else { y }
 }
 
+/// One plane of y = x·scale + shift (then ReLU), into unwritten storage.
+#[inline]
+fn affine_plane(y: &mut [MaybeUninit<f32>], x: &[f32], (scale, shift): Pair, relu: bool) {
+    vectorised(
+        #[inline(always)]
+        || {
+            for (o, v) in y.iter_mut().zip(x) {
+                o.write(affine(*v, scale, shift, relu));
+            }
+        },
+    )
+}
+
 /// y = x·scale + shift (then ReLU) with channel ch's (scale, shift) = `ss[ch]`, plane by plane
 /// into a fresh N×C×H×W output (the forward of both training and evaluation BatchNorm).
 fn affine_planes(
@@ -162,15 +175,7 @@ fn affine_planes(
         if hw > 0 {
             y.par_chunks_mut(hw).enumerate().for_each(|(p, yp)| {
                 let (scale, shift) = ss[p % c];
-                let xp = x.plane(p / c, p % c, hw);
-                vectorised(
-                    #[inline(always)]
-                    || {
-                        for (o, v) in yp.iter_mut().zip(xp) {
-                            o.write(affine(*v, scale, shift, relu));
-                        }
-                    },
-                )
+                affine_plane(yp, x.plane(p / c, p % c, hw), (scale, shift), relu)
             });
         }
         Ok::<(), candle_core::Error>(())
@@ -331,15 +336,7 @@ pub(super) fn train_forward(
         let (mean, var) = channel_moments(n, hw, |b| x.plane(b, ch, hw));
         let (scale, shift) = scale_shift(&gamma[ch..=ch], &beta[ch..=ch], &[mean], &[var], eps)[0];
         for (b, yp) in y.into_iter().enumerate() {
-            let xp = x.plane(b, ch, hw);
-            vectorised(
-                #[inline(always)]
-                || {
-                    for (o, v) in yp.iter_mut().zip(xp) {
-                        o.write(affine(*v, scale, shift, relu));
-                    }
-                },
-            )
+            affine_plane(yp, x.plane(b, ch, hw), (scale, shift), relu)
         }
         (mean, var)
     };
