@@ -5,9 +5,10 @@
 //! SGD has no momentum.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, Storage, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -147,12 +148,33 @@ impl OptimizerConfig {
     }
 }
 
-/// Per-tensor state: first moment (or momentum buffer), second moment, steps taken.
+/// Per-tensor state: first moment (or momentum buffer), second moment, steps taken. Adam's
+/// moments of an f32 variable in CPU memory live in `host` (the in-place pass updates them), all
+/// others in `m` and `v`; never both.
 #[derive(Debug, Clone, Default)]
 struct Slot {
     m: Option<Tensor>,
     v: Option<Tensor>,
+    host: Option<HostMoments>,
     steps: u64,
+}
+
+/// Adam's two moments as plain vectors, for [`adam_in_place`].
+#[derive(Debug, Clone)]
+struct HostMoments {
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl Slot {
+    /// The moments as tensors shaped as `var`, moving them out of `host` if they are there.
+    fn moments_as_tensors(&mut self, var: &Var) -> candle_core::Result<()> {
+        if let Some(HostMoments { m, v }) = self.host.take() {
+            self.m = Some(Tensor::from_vec(m, var.shape(), var.device())?);
+            self.v = Some(Tensor::from_vec(v, var.shape(), var.device())?);
+        }
+        Ok(())
+    }
 }
 
 /// An optimiser over named variables.
@@ -284,6 +306,11 @@ impl Optim {
                     weight_decay,
                     ..
                 } => {
+                    let decay = Decay::Coupled(weight_decay as f32);
+                    if adam_in_place(var, &g, slot, lr, (beta1, beta2), eps, decay)? {
+                        continue;
+                    }
+                    slot.moments_as_tensors(var)?;
                     let g = l2_into_grad(g, p, weight_decay)?;
                     adam(p, &g, slot, lr, beta1, beta2, eps)?
                 }
@@ -294,6 +321,11 @@ impl Optim {
                     weight_decay,
                     ..
                 } => {
+                    let decay = Decay::Decoupled((1.0 - lr * weight_decay) as f32);
+                    if adam_in_place(var, &g, slot, lr, (beta1, beta2), eps, decay)? {
+                        continue;
+                    }
+                    slot.moments_as_tensors(var)?;
                     let p = (p * (1.0 - lr * weight_decay))?;
                     adam(&p, &g, slot, lr, beta1, beta2, eps)?
                 }
@@ -337,7 +369,12 @@ impl Optim {
             .map(|(_, v)| v.device().clone())
             .unwrap_or(candle_core::Device::Cpu);
         out.insert("optim.lr".into(), Tensor::new(&[self.lr], &dev)?);
-        for ((name, _), slot) in self.vars.iter().zip(&self.slots) {
+        for ((name, var), slot) in self.vars.iter().zip(&self.slots) {
+            if let Some(HostMoments { m, v }) = &slot.host {
+                let tensor = |x: &[f32]| Tensor::from_slice(x, var.shape(), var.device());
+                out.insert(format!("optim.m.{name}"), tensor(m)?);
+                out.insert(format!("optim.v.{name}"), tensor(v)?);
+            }
             if let Some(m) = &slot.m {
                 out.insert(format!("optim.m.{name}"), m.clone());
             }
@@ -443,9 +480,6 @@ fn adam(
     beta2: f64,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    if let Some(next) = adam_fused(p, g, slot, lr, (beta1, beta2), eps)? {
-        return Ok(next);
-    }
     let m = match &slot.m {
         Some(m) => ((m * beta1)? + (g * (1.0 - beta1))?)?,
         None => (g * (1.0 - beta1))?,
@@ -464,69 +498,179 @@ fn adam(
     Ok(next)
 }
 
-/// [`adam`] for f32 tensors in CPU memory, in one parallel pass that writes the two moments and
-/// the next weights (the candle ops make 13 passes and as many temporaries: 6% of a ResNet-50
-/// training step, whose 25 M weights it updates each step). The same operations in the same
-/// order, in f32 as candle's scalar ops; `None` where it does not apply (another dtype or
-/// device, a strided tensor), and the caller runs the ops.
-fn adam_fused(
-    p: &Tensor,
+/// Weight decay as the fused pass applies it: added to the gradient as `wd·p` (Adam's L2), or
+/// the weight scaled by `1 − lr·wd` before the update (AdamW).
+#[derive(Debug, Clone, Copy)]
+enum Decay {
+    Coupled(f32),
+    Decoupled(f32),
+}
+
+/// [`adam`] in place for an f32 variable in CPU memory: one parallel pass reads the weight, its
+/// gradient and the moments and writes the weight and moments where they are (candle's ops made
+/// 13 passes and as many temporaries, and a fused pass into fresh vectors still spent 8% of a
+/// ResNet-50 step, 25 M weights, on its allocations, scalar arithmetic and the copy into the
+/// variable). The same operations in the same order, in f32 as candle's scalar ops; `false`
+/// where it does not apply (another dtype or device, a strided tensor) and nothing was changed.
+fn adam_in_place(
+    var: &Var,
     g: &Tensor,
     slot: &mut Slot,
     lr: f64,
     (beta1, beta2): (f64, f64),
     eps: f64,
-) -> candle_core::Result<Option<Tensor>> {
-    let n = p.elem_count();
-    let moments = slot.m.as_ref().zip(slot.v.as_ref());
-    let mut operands = vec![p, g];
-    operands.extend(moments.map(|(m, v)| [m, v]).into_iter().flatten());
-    if operands
-        .iter()
-        .any(|t| t.dtype() != DType::F32 || !t.device().is_cpu() || t.elem_count() != n)
-    {
-        return Ok(None);
+    decay: Decay,
+) -> candle_core::Result<bool> {
+    let n = var.elem_count();
+    let fits = |t: &Tensor| {
+        t.dtype() == DType::F32
+            && t.device().is_cpu()
+            && t.elem_count() == n
+            && t.layout().is_contiguous()
+    };
+    if !fits(var.as_tensor()) || !fits(g) {
+        return Ok(false);
     }
-    let guards: Vec<_> = operands.iter().map(|t| t.storage_and_layout()).collect();
-    let mut slices = Vec::with_capacity(guards.len());
-    for (storage, layout) in &guards {
-        let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
-            (&**storage, layout.contiguous_offsets())
-        else {
-            return Ok(None);
-        };
-        slices.push(&data[a..b]);
-    }
-    let (b1, b2, c1, c2) = (
-        beta1 as f32,
-        beta2 as f32,
-        (1.0 - beta1) as f32,
-        (1.0 - beta2) as f32,
-    );
+    let moments = match (slot.host.take(), &slot.m, &slot.v) {
+        (Some(h), ..) => h,
+        (None, Some(m), Some(v)) if fits(m) && fits(v) => HostMoments {
+            m: m.flatten_all()?.to_vec1()?,
+            v: v.flatten_all()?.to_vec1()?,
+        },
+        // Zero moments give the first step's c·g and c·g² exactly.
+        (None, None, None) => HostMoments {
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+        },
+        (None, ..) => return Ok(false),
+    };
+    slot.m = None;
+    slot.v = None;
     let t = slot.steps as i32;
-    let root_bc2 = (1.0 - beta2.powi(t)).sqrt() as f32;
-    let step = (lr / (1.0 - beta1.powi(t))) as f32;
-    let eps = eps as f32;
-    let (pv, gv, old) = (slices[0], slices[1], slices.get(2).zip(slices.get(3)));
-    // Collected straight into the three vectors (rayon writes an indexed iterator's items in
-    // place): no zero-fill of 3·n floats first, 300 MB a step for ResNet-50.
-    let (m, (v, next)): (Vec<f32>, (Vec<f32>, Vec<f32>)) = (0..n)
-        .into_par_iter()
-        .with_min_len(1 << 14)
-        .map(|i| {
-            let gi = gv[i];
-            let (mi, vi) = match old {
-                Some((m0, v0)) => (m0[i] * b1 + gi * c1, v0[i] * b2 + gi * gi * c2),
-                None => (gi * c1, gi * gi * c2),
-            };
-            (mi, (vi, pv[i] - mi / (vi.sqrt() / root_bc2 + eps) * step))
-        })
-        .unzip();
-    drop(guards);
-    let tensor = |data: Vec<f32>| Tensor::from_vec(data, p.shape(), p.device());
-    slot.m = Some(tensor(m)?);
-    slot.v = Some(tensor(v)?);
-    Ok(Some(tensor(next)?))
+    let pass = AdamPass {
+        moments: Mutex::new(moments),
+        k: AdamCoeffs {
+            b1: beta1 as f32,
+            b2: beta2 as f32,
+            c1: (1.0 - beta1) as f32,
+            c2: (1.0 - beta2) as f32,
+            root_bc2: (1.0 - beta2.powi(t)).sqrt() as f32,
+            step: (lr / (1.0 - beta1.powi(t))) as f32,
+            eps: eps as f32,
+        },
+        decay,
+    };
+    let done = var.as_tensor().inplace_op2(g, &pass);
+    // The moments go back to the slot whether or not the pass ran (it checks before it writes).
+    slot.host = Some(
+        pass.moments
+            .into_inner()
+            .map_err(|_| candle_core::Error::Msg("adam: a pass panicked".into()))?,
+    );
+    done.map(|()| true)
+}
+
+/// One Adam step's coefficients in f32.
+#[derive(Debug, Clone, Copy)]
+struct AdamCoeffs {
+    b1: f32,
+    b2: f32,
+    c1: f32,
+    c2: f32,
+    root_bc2: f32,
+    step: f32,
+    eps: f32,
+}
+
+impl AdamCoeffs {
+    /// The update of one run of weights; `L2` adds `wd·p` to the gradient first, `scale`
+    /// multiplies the weight before the step (1 for none: exact).
+    #[inline(always)]
+    fn run<const L2: bool>(
+        self,
+        (p, g): (&mut [f32], &[f32]),
+        (m, v): (&mut [f32], &mut [f32]),
+        (wd, scale): (f32, f32),
+    ) {
+        let AdamCoeffs {
+            b1,
+            b2,
+            c1,
+            c2,
+            root_bc2,
+            step,
+            eps,
+        } = self;
+        let n = p.len().min(g.len()).min(m.len()).min(v.len());
+        let (p, g, m, v) = (&mut p[..n], &g[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let gi = if L2 { g[i] + p[i] * wd } else { g[i] };
+            let mi = m[i] * b1 + gi * c1;
+            let vi = v[i] * b2 + gi * gi * c2;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = p[i] * scale - mi / (vi.sqrt() / root_bc2 + eps) * step;
+        }
+    }
+}
+
+/// The in-place pass: the variable is the destination, the gradient the source, the moments
+/// the pass's own.
+struct AdamPass {
+    moments: Mutex<HostMoments>,
+    k: AdamCoeffs,
+    decay: Decay,
+}
+
+impl InplaceOp2 for AdamPass {
+    fn name(&self) -> &'static str {
+        "mura-adam"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(p), CpuStorage::F32(g), Some((a, b)), Some((c, d))) =
+            (s1, s2, l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("adam: expects contiguous f32 weights and gradient")
+        };
+        let mut moments = self
+            .moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adam: a pass panicked".into()))?;
+        let HostMoments { m, v } = &mut *moments;
+        let (p, g) = (&mut p[a..b], &g[c..d]);
+        let n = p.len();
+        if g.len() != n || m.len() != n || v.len() != n {
+            candle_core::bail!(
+                "adam: {n} weights but {} gradients, {} and {} moments",
+                g.len(),
+                m.len(),
+                v.len()
+            )
+        }
+        const CHUNK: usize = 1 << 14;
+        let (k, decay) = (self.k, self.decay);
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+            .for_each(|((p, g), (m, v))| {
+                mura_models::kernels::vectorised(
+                    #[inline(always)]
+                    || match decay {
+                        Decay::Coupled(wd) if wd > 0.0 => k.run::<true>((p, g), (m, v), (wd, 1.0)),
+                        Decay::Coupled(_) => k.run::<false>((p, g), (m, v), (0.0, 1.0)),
+                        Decay::Decoupled(scale) => k.run::<false>((p, g), (m, v), (0.0, scale)),
+                    },
+                )
+            });
+        Ok(())
+    }
 }
 
 impl candle_nn::Optimizer for Optim {
@@ -658,10 +802,9 @@ mod tests {
                 steps: 1,
                 ..Slot::default()
             };
-            let (p, g) = (t(dtype), t(dtype));
-            adam_fused(&p, &g, &mut slot, 0.1, (0.9, 0.999), 1e-8)
-                .unwrap()
-                .is_some()
+            let (p, g) = (Var::from_tensor(&t(dtype)).unwrap(), t(dtype));
+            let decay = Decay::Coupled(0.0);
+            adam_in_place(&p, &g, &mut slot, 0.1, (0.9, 0.999), 1e-8, decay).unwrap()
         };
         assert!(takes(DType::F32) && !takes(DType::F64));
         for config in &configs {
@@ -684,6 +827,33 @@ mod tests {
             let (resumed, _) = run(config, DType::F32, (3, 6), Some((first, second)));
             assert_eq!(values(&resumed), fused, "{config:?}: resumed");
         }
+    }
+
+    /// The in-place pass updates the moments where they live: a saved state must be a copy, not
+    /// a view that later steps keep moving.
+    #[test]
+    fn a_saved_state_stays_as_it_was_saved() {
+        let dev = Device::Cpu;
+        let var = Var::from_tensor(&Tensor::new(&[0.5f32, -1.0, 2.0], &dev).unwrap()).unwrap();
+        let mut opt =
+            Optim::new(OptimizerConfig::adam(0.1), vec![("w".into(), var.clone())]).unwrap();
+        let step = |opt: &mut Optim| {
+            let loss = var.as_tensor().sqr().unwrap().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+        };
+        step(&mut opt);
+        assert!(
+            opt.slots[0].host.is_some(),
+            "the f32 variable takes the in-place pass"
+        );
+        let values = |t: &Tensor| t.to_vec1::<f32>().unwrap();
+        let saved = opt.state_tensors().unwrap();
+        let (m, v) = (values(&saved["optim.m.w"]), values(&saved["optim.v.w"]));
+        step(&mut opt);
+        assert_eq!(values(&saved["optim.m.w"]), m);
+        assert_eq!(values(&saved["optim.v.w"]), v);
+        let now = opt.state_tensors().unwrap();
+        assert_ne!(values(&now["optim.m.w"]), m, "the moments moved on");
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use conv::{Conv2dParams, conv2d, conv2d_relu};
 pub(crate) use dense::DenseFeatures;
 pub use eltwise::add_relu;
 pub use norm::{batch_norm_eval, batch_norm_train};
-pub(crate) use simd::vectorised;
+pub use simd::vectorised;
 
 use std::cell::RefCell;
 

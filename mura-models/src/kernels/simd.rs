@@ -11,7 +11,7 @@
 /// it are vectorised eight lanes wide. Call it around the loop over one plane or row, inside
 /// any rayon closure (work run on another thread is compiled apart).
 #[inline(always)]
-pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         if avx2() {
