@@ -562,12 +562,13 @@ fn adam_in_place(
     };
     let done = var.as_tensor().inplace_op2(g, &pass);
     // The moments go back to the slot whether or not the pass ran (it checks before it writes).
-    slot.host = Some(
-        pass.moments
-            .into_inner()
-            .map_err(|_| candle_core::Error::Msg("adam: a pass panicked".into()))?,
-    );
+    slot.host = Some(pass.moments.into_inner().map_err(poisoned)?);
     done.map(|()| true)
+}
+
+/// The error of a moments lock a panicking pass left poisoned.
+fn poisoned<T>(_: T) -> candle_core::Error {
+    candle_core::Error::Msg("adam: a pass panicked".into())
 }
 
 /// One Adam step's coefficients in f32.
@@ -639,10 +640,7 @@ impl InplaceOp2 for AdamPass {
         else {
             candle_core::bail!("adam: expects contiguous f32 weights and gradient")
         };
-        let mut moments = self
-            .moments
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("adam: a pass panicked".into()))?;
+        let mut moments = self.moments.lock().map_err(poisoned)?;
         let HostMoments { m, v } = &mut *moments;
         let (p, g) = (&mut p[a..b], &g[c..d]);
         let n = p.len();
