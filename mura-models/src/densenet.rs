@@ -10,9 +10,9 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
-use crate::kernels::DenseFeatures;
 use crate::layers::{BatchNorm, Conv, ConvConfig, batch_norm, conv};
-use crate::pool::Pool2d;
+use mura_kernels::DenseFeatures;
+use mura_kernels::Pool2d;
 
 const EPS: f64 = 1e-5;
 

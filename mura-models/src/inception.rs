@@ -7,7 +7,7 @@ use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::layers::{ConvBnAct, ConvConfig, conv_bn_act};
-use crate::pool::{Pool2d, PoolKind};
+use mura_kernels::{Pool2d, PoolKind};
 
 /// BatchNorm epsilon of Inception-v3 (timm's `norm_eps`).
 pub const EPS: f64 = 1e-3;

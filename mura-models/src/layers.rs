@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use candle_core::{D, DType, Module, ModuleT, Tensor, Var};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::kernels::{self, Conv2dParams};
+use mura_kernels::{self as kernels, Conv2dParams};
 
 thread_local! {
     static MACS: Cell<Option<u64>> = const { Cell::new(None) };

@@ -8,10 +8,8 @@ pub mod head;
 pub mod hub;
 pub mod inception;
 pub mod init;
-pub mod kernels;
 pub mod layers;
 pub mod model;
-pub mod pool;
 pub mod resnet;
 pub mod summary;
 
@@ -23,7 +21,7 @@ pub use head::{GlobalPool, Head, HeadConfig};
 pub use inception::{InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, InceptionV3};
 pub use init::init_seeded;
 pub use model::{Arch, Interpolation, Model, ModelConfig, PretrainedCfg, Trainable};
-pub use pool::{Pool2d, PoolKind};
+pub use mura_kernels::{Pool2d, PoolKind};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub use summary::{Summary, SummaryRow, summarize};
 

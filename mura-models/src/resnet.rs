@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 use crate::layers::{BatchNorm, Conv, ConvConfig, batch_norm, conv};
-use crate::pool::Pool2d;
+use mura_kernels::Pool2d;
 
 const EPS: f64 = 1e-5;
 const STEM: usize = 64;

@@ -5,11 +5,10 @@
 //! SGD has no momentum.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
-use rayon::prelude::*;
+use candle_core::{DType, Tensor, Var};
+use mura_kernels::{AdamMoments, AdamStep, Decay};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -155,21 +154,14 @@ impl OptimizerConfig {
 struct Slot {
     m: Option<Tensor>,
     v: Option<Tensor>,
-    host: Option<HostMoments>,
+    host: Option<AdamMoments>,
     steps: u64,
-}
-
-/// Adam's two moments as plain vectors, for [`adam_in_place`].
-#[derive(Debug, Clone)]
-struct HostMoments {
-    m: Vec<f32>,
-    v: Vec<f32>,
 }
 
 impl Slot {
     /// The moments as tensors shaped as `var`, moving them out of `host` if they are there.
     fn moments_as_tensors(&mut self, var: &Var) -> candle_core::Result<()> {
-        if let Some(HostMoments { m, v }) = self.host.take() {
+        if let Some(AdamMoments { m, v }) = self.host.take() {
             self.m = Some(Tensor::from_vec(m, var.shape(), var.device())?);
             self.v = Some(Tensor::from_vec(v, var.shape(), var.device())?);
         }
@@ -370,7 +362,7 @@ impl Optim {
             .unwrap_or(candle_core::Device::Cpu);
         out.insert("optim.lr".into(), Tensor::new(&[self.lr], &dev)?);
         for ((name, var), slot) in self.vars.iter().zip(&self.slots) {
-            if let Some(HostMoments { m, v }) = &slot.host {
+            if let Some(AdamMoments { m, v }) = &slot.host {
                 let tensor = |x: &[f32]| Tensor::from_slice(x, var.shape(), var.device());
                 out.insert(format!("optim.m.{name}"), tensor(m)?);
                 out.insert(format!("optim.v.{name}"), tensor(v)?);
@@ -498,20 +490,9 @@ fn adam(
     Ok(next)
 }
 
-/// Weight decay as the fused pass applies it: added to the gradient as `wd·p` (Adam's L2), or
-/// the weight scaled by `1 − lr·wd` before the update (AdamW).
-#[derive(Debug, Clone, Copy)]
-enum Decay {
-    Coupled(f32),
-    Decoupled(f32),
-}
-
-/// [`adam`] in place for an f32 variable in CPU memory: one parallel pass reads the weight, its
-/// gradient and the moments and writes the weight and moments where they are (candle's ops made
-/// 13 passes and as many temporaries, and a fused pass into fresh vectors still spent 8% of a
-/// ResNet-50 step, 25 M weights, on its allocations, scalar arithmetic and the copy into the
-/// variable). The same operations in the same order, in f32 as candle's scalar ops; `false`
-/// where it does not apply (another dtype or device, a strided tensor) and nothing was changed.
+/// [`adam`] in place for an f32 variable in CPU memory ([`mura_kernels::adam_in_place`]: one
+/// parallel pass, the moments kept as vectors in the slot); `false` where it does not apply
+/// (another dtype or device, a strided tensor) and nothing was changed.
 fn adam_in_place(
     var: &Var,
     g: &Tensor,
@@ -521,154 +502,39 @@ fn adam_in_place(
     eps: f64,
     decay: Decay,
 ) -> candle_core::Result<bool> {
+    if !mura_kernels::adam_applies(var, g) {
+        return Ok(false);
+    }
     let n = var.elem_count();
-    let fits = |t: &Tensor| {
+    let host = |t: &Tensor| {
         t.dtype() == DType::F32
             && t.device().is_cpu()
             && t.elem_count() == n
             && t.layout().is_contiguous()
     };
-    if !fits(var.as_tensor()) || !fits(g) {
-        return Ok(false);
-    }
-    let moments = match (slot.host.take(), &slot.m, &slot.v) {
+    let mut moments = match (slot.host.take(), &slot.m, &slot.v) {
         (Some(h), ..) => h,
-        (None, Some(m), Some(v)) if fits(m) && fits(v) => HostMoments {
+        (None, Some(m), Some(v)) if host(m) && host(v) => AdamMoments {
             m: m.flatten_all()?.to_vec1()?,
             v: v.flatten_all()?.to_vec1()?,
         },
-        // Zero moments give the first step's c·g and c·g² exactly.
-        (None, None, None) => HostMoments {
-            m: vec![0.0; n],
-            v: vec![0.0; n],
-        },
+        (None, None, None) => AdamMoments::zeros(n),
         (None, ..) => return Ok(false),
     };
     slot.m = None;
     slot.v = None;
-    let t = slot.steps as i32;
-    let pass = AdamPass {
-        moments: Mutex::new(moments),
-        k: AdamCoeffs {
-            b1: beta1 as f32,
-            b2: beta2 as f32,
-            c1: (1.0 - beta1) as f32,
-            c2: (1.0 - beta2) as f32,
-            root_bc2: (1.0 - beta2.powi(t)).sqrt() as f32,
-            step: (lr / (1.0 - beta1.powi(t))) as f32,
-            eps: eps as f32,
-        },
+    let step = AdamStep {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        t: slot.steps,
         decay,
     };
-    let done = var.as_tensor().inplace_op2(g, &pass);
+    let done = mura_kernels::adam_in_place(var, g, &mut moments, step);
     // The moments go back to the slot whether or not the pass ran (it checks before it writes).
-    slot.host = Some(pass.moments.into_inner().map_err(poisoned)?);
+    slot.host = Some(moments);
     done.map(|()| true)
-}
-
-/// The error of a moments lock a panicking pass left poisoned.
-fn poisoned<T>(_: T) -> candle_core::Error {
-    candle_core::Error::Msg("adam: a pass panicked".into())
-}
-
-/// One Adam step's coefficients in f32.
-#[derive(Debug, Clone, Copy)]
-struct AdamCoeffs {
-    b1: f32,
-    b2: f32,
-    c1: f32,
-    c2: f32,
-    root_bc2: f32,
-    step: f32,
-    eps: f32,
-}
-
-impl AdamCoeffs {
-    /// The update of one run of weights; `L2` adds `wd·p` to the gradient first, `scale`
-    /// multiplies the weight before the step (1 for none: exact).
-    #[inline(always)]
-    fn run<const L2: bool>(
-        self,
-        (p, g): (&mut [f32], &[f32]),
-        (m, v): (&mut [f32], &mut [f32]),
-        (wd, scale): (f32, f32),
-    ) {
-        let AdamCoeffs {
-            b1,
-            b2,
-            c1,
-            c2,
-            root_bc2,
-            step,
-            eps,
-        } = self;
-        let n = p.len().min(g.len()).min(m.len()).min(v.len());
-        let (p, g, m, v) = (&mut p[..n], &g[..n], &mut m[..n], &mut v[..n]);
-        for i in 0..n {
-            let gi = if L2 { g[i] + p[i] * wd } else { g[i] };
-            let mi = m[i] * b1 + gi * c1;
-            let vi = v[i] * b2 + gi * gi * c2;
-            m[i] = mi;
-            v[i] = vi;
-            p[i] = p[i] * scale - mi / (vi.sqrt() / root_bc2 + eps) * step;
-        }
-    }
-}
-
-/// The in-place pass: the variable is the destination, the gradient the source, the moments
-/// the pass's own.
-struct AdamPass {
-    moments: Mutex<HostMoments>,
-    k: AdamCoeffs,
-    decay: Decay,
-}
-
-impl InplaceOp2 for AdamPass {
-    fn name(&self) -> &'static str {
-        "mura-adam"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(p), CpuStorage::F32(g), Some((a, b)), Some((c, d))) =
-            (s1, s2, l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("adam: expects contiguous f32 weights and gradient")
-        };
-        let mut moments = self.moments.lock().map_err(poisoned)?;
-        let HostMoments { m, v } = &mut *moments;
-        let (p, g) = (&mut p[a..b], &g[c..d]);
-        let n = p.len();
-        if g.len() != n || m.len() != n || v.len() != n {
-            candle_core::bail!(
-                "adam: {n} weights but {} gradients, {} and {} moments",
-                g.len(),
-                m.len(),
-                v.len()
-            )
-        }
-        const CHUNK: usize = 1 << 14;
-        let (k, decay) = (self.k, self.decay);
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-            .for_each(|((p, g), (m, v))| {
-                mura_models::kernels::vectorised(
-                    #[inline(always)]
-                    || match decay {
-                        Decay::Coupled(wd) if wd > 0.0 => k.run::<true>((p, g), (m, v), (wd, 1.0)),
-                        Decay::Coupled(_) => k.run::<false>((p, g), (m, v), (0.0, 1.0)),
-                        Decay::Decoupled(scale) => k.run::<false>((p, g), (m, v), (0.0, scale)),
-                    },
-                )
-            });
-        Ok(())
-    }
 }
 
 impl candle_nn::Optimizer for Optim {

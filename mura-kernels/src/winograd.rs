@@ -600,12 +600,7 @@ mod tests {
 
     use super::*;
 
-    /// Deterministic values in [-1, 1) (the crate's seeded generator, as the conv tests use).
-    fn fill(n: usize, seed: u64) -> Vec<f32> {
-        (0..n as u64)
-            .map(|i| crate::layers::unit(crate::layers::splitmix64(seed ^ (i << 20))) * 2.0 - 1.0)
-            .collect()
-    }
+    use crate::testing::rand_vec as fill;
 
     /// The direct convolution in f64.
     fn direct(g: &Winograd, x: &[f32], w: &[f32], bias: &[f32], relu: bool) -> Vec<f64> {

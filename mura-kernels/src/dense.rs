@@ -117,14 +117,24 @@ fn token_grad(t: &Tensor) -> candle_core::Result<Option<Tensor>> {
 }
 
 /// The features of a dense block being trained (see the module documentation).
-pub(crate) struct DenseFeatures {
+pub struct DenseFeatures {
     state: Arc<State>,
     token: Tensor,
 }
 
+impl std::fmt::Debug for DenseFeatures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DenseFeatures")
+            .field("images", &self.state.n)
+            .field("channels", &self.state.total)
+            .field("size", &(self.state.h, self.state.w))
+            .finish_non_exhaustive()
+    }
+}
+
 impl DenseFeatures {
     /// Starts a block of `total` output channels from its N×C×H×W f32 input on the CPU.
-    pub(crate) fn start(x: &Tensor, total: usize) -> candle_core::Result<Self> {
+    pub fn start(x: &Tensor, total: usize) -> candle_core::Result<Self> {
         let (n, c, h, w) = x.dims4()?;
         if c > total {
             candle_core::bail!("dense block: input of {c} channels, output of {total}")
@@ -148,13 +158,13 @@ impl DenseFeatures {
     }
 
     /// Channels written so far.
-    pub(crate) fn channels(&self) -> candle_core::Result<usize> {
+    pub fn channels(&self) -> candle_core::Result<usize> {
         Ok(self.state.features()?.filled)
     }
 
     /// Training-mode BatchNorm (then ReLU if `relu`) of the features so far, read in place:
     /// `(y, batch mean, biased batch variance)` as [`super::batch_norm_train`] gives them.
-    pub(crate) fn norm_train(
+    pub fn norm_train(
         &self,
         gamma: &Tensor,
         beta: &Tensor,
@@ -186,7 +196,7 @@ impl DenseFeatures {
     }
 
     /// Writes a layer's new channels (N×growth×H×W) after the features so far.
-    pub(crate) fn append(&mut self, y: &Tensor) -> candle_core::Result<()> {
+    pub fn append(&mut self, y: &Tensor) -> candle_core::Result<()> {
         let op = Append {
             state: self.state.clone(),
             at: self.channels()?,
@@ -198,7 +208,7 @@ impl DenseFeatures {
     }
 
     /// The block's output: every channel, once all are written.
-    pub(crate) fn finish(self) -> candle_core::Result<Tensor> {
+    pub fn finish(self) -> candle_core::Result<Tensor> {
         self.token
             .apply_op1_arc(Arc::new(Box::new(Finish { state: self.state })))
     }

@@ -1,19 +1,18 @@
-//! The CPU kernels of issue 7 against the candle ops they replace, measured in the same run:
+//! The kernels of mura-kernels against the candle ops they replace, measured in the same run:
 //! convolution forward + backward (a DenseNet 3×3 growth convolution, the custom CNN's 64 → 128
 //! at 64×64 (Winograd forward and both gradients), ResNet-50's 512 → 512 at 7×7 (the weight
 //! gradient as one product over the batch), a 1×1 bottleneck and a ResNet-style 7×7/2 stem on
-//! the image) and BatchNorm + ReLU forward + backward, each running
-//! one forward and the backward of the sum of its output; the forward alone of 3×3 stride-1
-//! convolutions that run by Winograd (ResNet-50's first stage, Inception-v3's 80 → 192 stem
-//! convolution); and max and average pooling (see [`bench_pool`]). The ratio of the two medians
-//! is the speed-up. Run with `cargo bench -p mura-models --bench kernels`.
+//! the image) and BatchNorm + ReLU forward + backward, each running one forward and the
+//! backward of the sum of its output; the forward alone of 3×3 stride-1 convolutions that run
+//! by Winograd (ResNet-50's first stage, Inception-v3's 80 → 192 stem convolution); and max and
+//! average pooling (see [`bench_pool`]). The ratio of the two medians is the speed-up. Run with
+//! `cargo bench -p mura-kernels`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use criterion::{Criterion, criterion_group, criterion_main};
-use mura_models::kernels::{Conv2dParams, batch_norm_train, conv2d};
-use mura_models::pool::Pool2d;
+use mura_kernels::{Conv2dParams, Pool2d, batch_norm_train, conv2d};
 
 fn random(shape: &[usize], dev: &Device) -> Tensor {
     Tensor::randn(0f32, 1.0, shape, dev).unwrap()

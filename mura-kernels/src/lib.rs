@@ -1,26 +1,29 @@
-//! CPU kernels where candle 0.11.1 is slow (issue 7), as candle custom ops: convolution forward
-//! and backward through im2col/col2im and one GEMM per image (shifted products or Winograd
-//! where those pay, see `conv.rs`), and batch normalisation (with an
-//! optional fused ReLU) in single passes forward and backward. Other devices and dtypes fall back
-//! to candle's own ops in [`crate::layers`].
-//!
-//! Every kernel is tested against a straightforward reference (direct loops in f64, candle-nn's
-//! BatchNorm) on random shapes, and its gradients by finite differences.
+#![doc = include_str!("../README.md")]
 
+mod adam;
+#[cfg(feature = "mimalloc")]
+pub mod allocator;
 mod conv;
 mod dense;
 mod eltwise;
 mod gemm;
 mod norm;
+mod pool;
 mod simd;
 mod winograd;
 
-pub(crate) use conv::valid;
+#[cfg(test)]
+mod testing;
+
+pub use adam::{AdamMoments, AdamStep, Decay, adam_applies, adam_in_place};
 pub use conv::{Conv2dParams, conv2d, conv2d_relu};
-pub(crate) use dense::DenseFeatures;
+pub use dense::DenseFeatures;
 pub use eltwise::add_relu;
 pub use norm::{batch_norm_eval, batch_norm_train};
-pub use simd::vectorised;
+pub use pool::{Pool2d, PoolKind};
+
+use conv::valid;
+use simd::vectorised;
 
 use std::cell::RefCell;
 
