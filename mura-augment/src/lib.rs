@@ -1,19 +1,24 @@
 #![doc = include_str!("../README.md")]
 
+mod bench;
+mod config;
 mod flip;
 mod intensity;
 mod normalize;
+mod params;
 mod pipeline;
+mod preview;
 mod resize;
 mod warp;
 
+pub use bench::{PipelineBench, bench_pipeline};
+pub use config::{AugmentConfig, ClaheAug, MAX_ZOOM, MIN_ZOOM, Preprocess, Preset, WindowAug};
 pub use flip::{hflip_in_place, vflip_in_place};
 pub use intensity::{Clahe, percentile_window};
 pub use normalize::{Normalize, to_chw_into};
-pub use pipeline::{
-    AugmentConfig, ClaheAug, MAX_ZOOM, MIN_ZOOM, Params, Pipeline, Preprocess, Preset, View,
-    WindowAug, Worker, preview_grid, sample_params,
-};
+pub use params::{Params, View, sample_params};
+pub use pipeline::{Pipeline, Worker};
+pub use preview::{PreviewGrid, PreviewOptions, preview_dataset, preview_grid};
 pub use resize::{Filter, GrayResizer, ResizeMode, letterbox_rect};
 
 /// The one error type of `mura-augment`.
@@ -46,4 +51,7 @@ pub enum AugmentError {
     BadConfig { what: &'static str, reason: String },
     #[error("resize failed: {0}")]
     Resize(String),
+    /// Reading the images failed (the data error's message).
+    #[error("{0}")]
+    Data(String),
 }

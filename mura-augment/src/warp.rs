@@ -2,7 +2,7 @@
 //! with 8-bit weights (Pillow's affine transform). A portable path, and on x86-64 CPUs with AVX2
 //! one that samples eight pixels per step with two gathers; both give the same bits.
 
-use crate::pipeline::Params;
+use crate::params::Params;
 
 /// The inverse affine map of a [`Params`]: destination pixel (x, y) samples the source at
 /// `(x0 + m00 x + m01 y, y0 + m10 x + m11 y)` (continuous coordinates, pixel centres at k + 0.5

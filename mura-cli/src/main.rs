@@ -1,10 +1,12 @@
-//! The `mura` command line: parses arguments and calls the library crates. No logic lives here.
+//! The `mura` command line: parses arguments (`args/`), calls one library function per command
+//! (`commands/`) and prints the result (`output.rs`). Errors are printed as one line with their
+//! causes, and exit with status 2.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod args;
 mod commands;
-mod compare_cmds;
-mod train_cmds;
+mod output;
 
 use std::process::ExitCode;
 
@@ -17,7 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     mura_kernels::allocator::keep_freed_pages();
-    let cli = commands::Cli::parse();
+    let cli = args::Cli::parse();
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

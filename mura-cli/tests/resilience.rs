@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use mura_train::fit::files;
+use mura_train::run::files;
 
 const MURA: &str = env!("CARGO_BIN_EXE_mura");
 

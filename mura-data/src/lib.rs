@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+mod check;
 mod dataset;
 mod error;
 mod index;
 pub mod loader;
+mod manifest;
 mod record;
 pub mod rng;
 mod split;
@@ -11,6 +13,7 @@ mod stats;
 pub mod synth;
 mod weights;
 
+pub use check::{ImageCheck, check_images};
 pub use dataset::{Dataset, Study};
 pub use error::DataError;
 pub use index::{
@@ -21,10 +24,9 @@ pub use loader::{
     ColorMode, DecodedImage, Loader, LoaderConfig, MAX_IMAGE_SIDE, Sample, decode_bytes,
     decode_file,
 };
+pub use manifest::{MANIFEST_HEADER, Manifest, ManifestEntry, ManifestSummary};
 pub use record::{BodyPart, ImageRecord, PatientKey, Split, UnknownBodyPart};
-pub use split::{
-    MANIFEST_HEADER, Manifest, ManifestEntry, Role, SplitConfig, k_fold, train_val_test,
-};
+pub use split::{Role, SplitConfig, k_fold, train_val_test};
 pub use stats::{ImageSizes, PartCounts, SplitStats, Stats, image_sizes, stats};
 pub use weights::{ClassWeights, balanced as balanced_weights, paper as paper_weights};
 

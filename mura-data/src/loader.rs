@@ -347,6 +347,11 @@ impl<T> Epoch<T> {
     pub fn skipped(&self) -> &[DataError] {
         &self.skipped
     }
+
+    /// Takes the unreadable files skipped so far out of the epoch.
+    pub fn take_skipped(&mut self) -> Vec<DataError> {
+        std::mem::take(&mut self.skipped)
+    }
 }
 
 impl<T> Iterator for Epoch<T> {

@@ -2,12 +2,14 @@
 
 pub mod checkpoint;
 pub mod cnn;
+pub mod config;
 pub mod densenet;
 pub mod gradcam;
 pub mod head;
 pub mod hub;
 pub mod inception;
 pub mod init;
+pub mod inspect;
 pub mod layers;
 pub mod model;
 pub mod resnet;
@@ -15,12 +17,13 @@ pub mod summary;
 
 pub use checkpoint::{LoadOptions, LoadReport, Mismatch, TensorInfo};
 pub use cnn::{Cnn, CnnConfig, FilterGrowth, KernelGrowth, LocalPool, Readout};
+pub use config::{Arch, Interpolation, ModelConfig, PretrainedCfg, Trainable};
 pub use densenet::{DenseNet, DenseNetConfig};
 pub use gradcam::{GradCam, grad_cam};
 pub use head::{GlobalPool, Head, HeadConfig};
 pub use inception::{InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, InceptionV3};
 pub use init::init_seeded;
-pub use model::{Arch, Interpolation, Model, ModelConfig, PretrainedCfg, Trainable};
+pub use model::Model;
 pub use mura_kernels::{Pool2d, PoolKind};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub use summary::{Summary, SummaryRow, summarize};
@@ -40,6 +43,12 @@ pub enum ModelError {
     },
     #[error("input of shape {found} does not fit the model, which expects {expected}")]
     BadInput { expected: String, found: String },
+    #[error("running {arch} on `input` of {path}: {reason}")]
+    Forward {
+        arch: String,
+        path: String,
+        reason: String,
+    },
     #[error("{path}: cannot read checkpoint: {reason}")]
     Unreadable { path: String, reason: String },
     #[error("{path}: cannot write: {reason}")]

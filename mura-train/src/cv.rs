@@ -18,9 +18,12 @@ use serde::Serialize;
 
 use crate::TrainError;
 use crate::config::RunConfig;
-use crate::evaluate::{EvaluateOptions, Evaluation, Tta, Weights, evaluate};
-use crate::fit::{FitEnd, FitOptions, Observer, STREAM_SPLIT, create_run_dir, files, fit};
-use crate::state::write_durable;
+use crate::evaluate::{EvaluateOptions, Evaluation, evaluate};
+use crate::fit::{FitEnd, FitOptions, Observer};
+use crate::io::write_durable;
+use crate::run::{STREAM_SPLIT, Weights, create_run_dir, files};
+use crate::train::train;
+use crate::trained::Tta;
 
 /// The metrics summarised over folds: study level on each fold's validation set, and image AUC.
 pub const CV_METRICS: [&str; 7] = [
@@ -158,7 +161,7 @@ pub fn cross_validate(
             create_run_dir(&fold_config, &dir)?;
         }
         let fold_config = RunConfig::load(&run.join(files::CONFIG))?;
-        let summary = fit(&fold_config, &run, options, observer)?;
+        let summary = train(&fold_config, &run, options, observer)?;
         if let FitEnd::Interrupted { .. } = summary.end {
             interrupted = true;
             break;

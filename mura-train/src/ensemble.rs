@@ -20,9 +20,9 @@ use mura_metrics::{Criterion, Threshold};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::evaluate::{TrainedRun, Tta, Weights, load_threshold};
-use crate::fit::files;
-use crate::state::write_durable;
+use crate::io::write_durable;
+use crate::run::{Weights, files, load_threshold};
+use crate::trained::{TrainedRun, Tta};
 
 /// How the members' predictions are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,262 +6,17 @@
 //! `predictions.csv`, `study_predictions.csv` and the `evaluation` entry of `metrics.json`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
-use candle_core::Device;
-use candle_nn::VarMap;
-use mura_augment::View;
 use mura_data::{BodyPart, ImageRecord, Role};
 use mura_metrics::{BinaryReport, BootstrapConfig, Criterion, Interval, MetricsError, Threshold};
-use mura_models::Model;
-use mura_models::checkpoint::{self, LoadOptions};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::TrainError;
-use crate::config::RunConfig;
 use crate::ensemble::{Predictor, inputs};
-use crate::epoch::{Example, batches, predict};
-use crate::fit::{device, files, loader, pipelines};
-use crate::state::{OPTIM_PREFIX, write_durable};
-
-/// Which checkpoint of a run to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Weights {
-    /// The weights the run ended with: the best epoch's (Keras' `restore_best_weights`), unless
-    /// `train.early_stopping.restore_best = false`, then the last epoch's.
-    #[default]
-    Final,
-    /// `best.safetensors` (the monitored quantity's best epoch).
-    Best,
-    /// `last.safetensors` (the last epoch).
-    Last,
-}
-
-impl Weights {
-    /// `Best` or `Last`: what this choice means for a run configured by `config`.
-    pub fn resolve(self, config: &RunConfig) -> Weights {
-        match self {
-            Weights::Final => match config.train.early_stopping {
-                Some(es) if !es.restore_best => Weights::Last,
-                _ => Weights::Best,
-            },
-            w => w,
-        }
-    }
-
-    /// The checkpoint file of this choice in a run configured by `config`.
-    pub fn file(self, config: &RunConfig) -> &'static str {
-        match self.resolve(config) {
-            Weights::Last => files::LAST,
-            _ => files::BEST,
-        }
-    }
-}
-
-/// Test-time augmentation: each image is predicted through several views and the probabilities
-/// averaged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Tta {
-    /// The image as it is.
-    #[default]
-    None,
-    /// The image and its mirror image.
-    Hflip,
-    /// The image rotated by each of [`TTA_ANGLES`] and not at all.
-    Rot,
-    /// Every combination of the two: six views.
-    HflipRot,
-}
-
-/// The rotations of [`Tta::Rot`], in degrees.
-pub const TTA_ANGLES: [f32; 2] = [-10.0, 10.0];
-
-impl Tta {
-    /// `none`, `hflip`, `rot` or `hflip+rot`.
-    pub fn parse(text: &str) -> Result<Self, TrainError> {
-        match text {
-            "none" => Ok(Tta::None),
-            "hflip" => Ok(Tta::Hflip),
-            "rot" => Ok(Tta::Rot),
-            "hflip+rot" | "rot+hflip" => Ok(Tta::HflipRot),
-            other => Err(TrainError::Config {
-                path: PathBuf::new(),
-                reason: format!(
-                    "unknown test-time augmentation `{other}` (none, hflip, rot, hflip+rot)"
-                ),
-            }),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tta::None => "none",
-            Tta::Hflip => "hflip",
-            Tta::Rot => "rot",
-            Tta::HflipRot => "hflip+rot",
-        }
-    }
-
-    /// The views whose probabilities are averaged; the first is the identity.
-    pub fn views(self) -> Vec<View> {
-        let flips: &[bool] = match self {
-            Tta::Hflip | Tta::HflipRot => &[false, true],
-            _ => &[false],
-        };
-        let angles: Vec<f32> = match self {
-            Tta::Rot | Tta::HflipRot => std::iter::once(0.0).chain(TTA_ANGLES).collect(),
-            _ => vec![0.0],
-        };
-        flips
-            .iter()
-            .flat_map(|&hflip| {
-                angles.iter().map(move |&angle_degrees| View {
-                    hflip,
-                    angle_degrees,
-                })
-            })
-            .collect()
-    }
-}
-
-/// A trained run, ready to predict.
-pub struct TrainedRun {
-    pub dir: PathBuf,
-    pub config: RunConfig,
-    pub model: Model,
-    pub varmap: VarMap,
-    pub device: Device,
-    /// The decision threshold chosen on validation (`threshold.json`), when there is one.
-    pub threshold: Option<Threshold>,
-    /// The checkpoint loaded: `Best` or `Last`.
-    pub weights: Weights,
-}
-
-impl std::fmt::Debug for TrainedRun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrainedRun")
-            .field("dir", &self.dir)
-            .field("arch", &self.model.arch())
-            .finish_non_exhaustive()
-    }
-}
-
-impl TrainedRun {
-    /// Opens a run directory: its `config.toml` and the chosen checkpoint.
-    pub fn open(
-        dir: &Path,
-        weights: Weights,
-        device_spec: Option<&str>,
-    ) -> Result<Self, TrainError> {
-        let config = RunConfig::load(&dir.join(files::CONFIG))?;
-        let dev = device(device_spec.unwrap_or(&config.device))?;
-        let (model, varmap) = Model::with_seed(&config.model, config.seed, &dev)?;
-        let path = dir.join(weights.file(&config));
-        if !path.exists() {
-            return Err(TrainError::BadCheckpoint {
-                path,
-                reason: "missing: the run has not finished an epoch".into(),
-            });
-        }
-        checkpoint::load(
-            &model,
-            &varmap,
-            &path,
-            LoadOptions {
-                ignore_prefix: Some(OPTIM_PREFIX),
-                ..LoadOptions::default()
-            },
-        )?;
-        // A trained run only predicts: no autograd graph, BatchNorm folded where it can be (see
-        // `Model::for_inference`).
-        let model = model.for_inference(&varmap)?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            threshold: load_threshold(dir)?,
-            weights: weights.resolve(&config),
-            config,
-            model,
-            varmap,
-            device: dev,
-        })
-    }
-
-    /// Eval-mode probabilities of `paths`, in their order, averaged over the views of `tta`.
-    pub fn predict_paths(
-        &self,
-        paths: &[PathBuf],
-        threads: usize,
-        tta: Tta,
-    ) -> Result<Vec<f64>, TrainError> {
-        let views = tta.views();
-        let mut sum = vec![0.0; paths.len()];
-        for view in &views {
-            for (s, p) in sum
-                .iter_mut()
-                .zip(self.predict_view(paths, threads, *view)?)
-            {
-                *s += p;
-            }
-        }
-        Ok(sum.into_iter().map(|s| s / views.len() as f64).collect())
-    }
-
-    fn predict_view(
-        &self,
-        paths: &[PathBuf],
-        threads: usize,
-        view: View,
-    ) -> Result<Vec<f64>, TrainError> {
-        let examples: Arc<Vec<Example>> = Arc::new(
-            paths
-                .iter()
-                .map(|p| Example {
-                    path: p.clone(),
-                    label: false,
-                    weight: 1.0,
-                })
-                .collect(),
-        );
-        let (_, eval) = pipelines(&self.config, &self.model)?;
-        let eval = eval.with_view(view)?;
-        let mut lc = loader(&self.config, false);
-        lc.threads = threads.max(1);
-        let bs = self
-            .config
-            .train
-            .eval_batch_size
-            .unwrap_or(self.config.train.batch_size);
-        let mut out = vec![f64::NAN; paths.len()];
-        for (i, p) in predict(
-            &self.model,
-            batches(&examples, &eval, lc, 0, bs, &self.device)?,
-        )? {
-            out[i] = p;
-        }
-        Ok(out)
-    }
-}
-
-/// The stored threshold of a run or ensemble directory, if one was chosen.
-pub fn load_threshold(dir: &Path) -> Result<Option<Threshold>, TrainError> {
-    let path = dir.join(files::THRESHOLD);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| TrainError::Config {
-                path,
-                reason: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(TrainError::Config {
-            path,
-            reason: e.to_string(),
-        }),
-    }
-}
+use crate::io::write_durable;
+use crate::run::{Weights, files, store_threshold};
+use crate::trained::Tta;
 
 /// Chooses the decision threshold that maximises `criterion` over the validation studies (a
 /// study's probability is the mean of its images') and stores it in `threshold.json`. `None` when
@@ -279,13 +34,8 @@ pub fn choose_threshold(
     let s_labels: Vec<bool> = studies.iter().map(|s| s.label).collect();
     let s_probs: Vec<f64> = studies.iter().map(|s| s.probability).collect();
     let chosen = mura_metrics::choose_threshold(&s_labels, &s_probs, criterion)?;
-    if let Some(t) = chosen {
-        let path = predictor.dir().join(files::THRESHOLD);
-        let text = serde_json::to_string_pretty(&t).map_err(|e| TrainError::Unwritable {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        write_durable(&path, text.as_bytes())?;
+    if let Some(t) = &chosen {
+        store_threshold(predictor.dir(), t)?;
     }
     Ok(chosen)
 }
@@ -616,32 +366,5 @@ fn csv_field(s: &str) -> String {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use crate::config::EarlyStoppingSettings;
-    use crate::policy::Monitor;
-
-    #[test]
-    fn final_weights_follow_restore_best() {
-        let mut c =
-            RunConfig::parse("[data]\nroot = \"data\"\n[model]\narch = \"custom-cnn\"\n").unwrap();
-        assert_eq!(Weights::Final.resolve(&c), Weights::Best);
-        let mut es = EarlyStoppingSettings {
-            monitor: Monitor::ValAuc,
-            patience: 3,
-            min_delta: 0.0,
-            restore_best: true,
-        };
-        c.train.early_stopping = Some(es);
-        assert_eq!(Weights::Final.file(&c), files::BEST);
-        es.restore_best = false;
-        c.train.early_stopping = Some(es);
-        assert_eq!(Weights::Final.resolve(&c), Weights::Last);
-        assert_eq!(Weights::Best.resolve(&c), Weights::Best);
     }
 }

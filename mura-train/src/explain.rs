@@ -15,10 +15,10 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::TrainError;
-use crate::evaluate::TrainedRun;
-use crate::fit::pipelines;
+use crate::io::write_durable;
 use crate::plot::{FONT, plot_error, register_font};
-use crate::state::write_durable;
+use crate::run::pipelines;
+use crate::trained::TrainedRun;
 
 /// Side of each of the two panels, at least: small model inputs are scaled up to it.
 const MIN_PANEL: u32 = 320;
@@ -54,6 +54,39 @@ pub fn cam_of(run: &TrainedRun, image: &Path) -> Result<(GradCam, Vec<f32>, usiz
         .map(|v| (v * std + mean).clamp(0.0, 1.0))
         .collect();
     Ok((cam, gray, w))
+}
+
+/// Writes the heat-map PNG of each image into the folder `out` (created if needed), named
+/// `<image name>.gradcam.png`, numbered `001-`, `002-`, ... when there are several (the images of
+/// different studies are often all called `image1.png`).
+pub fn explain_images(
+    run: &TrainedRun,
+    images: &[PathBuf],
+    out: &Path,
+) -> Result<Vec<Explanation>, TrainError> {
+    std::fs::create_dir_all(out).map_err(|e| TrainError::Unwritable {
+        path: out.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut results = Vec::with_capacity(images.len());
+    for (i, image) in images.iter().enumerate() {
+        if !image.is_file() {
+            return Err(TrainError::Input {
+                path: image.clone(),
+                reason: "no such image file".into(),
+            });
+        }
+        let stem = image
+            .file_stem()
+            .map_or_else(|| format!("image{i}"), |s| s.to_string_lossy().into_owned());
+        let name = if images.len() > 1 {
+            format!("{:03}-{stem}.gradcam.png", i + 1)
+        } else {
+            format!("{stem}.gradcam.png")
+        };
+        results.push(explain(run, image, &out.join(name))?);
+    }
+    Ok(results)
 }
 
 /// Writes the heat-map PNG of `image` to `out` and returns what it shows.

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::state::write_durable;
+use crate::io::write_durable;
 
 /// One epoch. Train metrics are computed on the fly during the epoch (under augmentation and
 /// dropout, as Keras reports them); validation metrics in evaluation mode after it. A metric that

@@ -4,40 +4,50 @@ pub mod bench;
 pub mod cache;
 pub mod config;
 pub mod cv;
+pub mod demo;
 pub mod ensemble;
 pub mod epoch;
 pub mod evaluate;
 pub mod explain;
 pub mod fit;
 pub mod history;
+pub mod io;
 pub mod lock;
 pub mod loss;
 pub mod optim;
 pub mod plot;
 pub mod policy;
+pub mod predict;
 pub mod report;
+pub mod run;
 pub mod schedule;
+mod session;
 pub mod state;
 pub mod tensorboard;
+pub mod train;
+pub mod trained;
 
 pub use config::{
-    Augment, ClassWeighting, DataConfig, EarlyStoppingSettings, FineTune, Freeze, PretrainedConfig,
-    RunConfig, TrainConfig,
+    Augment, ClassWeighting, DataConfig, EarlyStoppingSettings, FineTune, Freeze, Overrides,
+    PretrainedConfig, RunConfig, TrainConfig,
 };
 pub use ensemble::{EnsembleMode, Input, Predictor, create_ensemble};
 pub use epoch::{
     Batch, Batches, EpochEnd, EpochProgress, EpochStats, Example, batches, batches_from, predict,
     step_seed, train_epoch, train_epoch_with,
 };
-pub use evaluate::{EvaluateOptions, Evaluation, TrainedRun, Tta, Weights, evaluate};
-pub use fit::{FitEnd, FitOptions, FitSummary, Observer, RunData, Silent, create_run_dir, fit};
+pub use evaluate::{EvaluateOptions, Evaluation, evaluate};
+pub use fit::{FitEnd, FitOptions, FitSummary, Observer, Silent, fit};
 pub use history::HistoryRow;
 pub use loss::{bce_with_logits, l2_penalty};
 pub use optim::{Optim, OptimizerConfig, Scheduled};
 pub use policy::{
     EarlyStopping, EarlyStoppingConfig, Mode, Monitor, Plateau, PlateauConfig, StopDecision,
 };
+pub use run::{RunData, Weights, create_run_dir, init_run_dir};
 pub use schedule::Schedule;
+pub use train::train;
+pub use trained::{TrainedRun, Tta};
 
 /// The one error type of `mura-train`.
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +75,14 @@ pub enum TrainError {
         batch: u64,
         value: f64,
     },
-    #[error("{}: {reason}", path.display())]
+    /// `path` is empty for a setting that came from no file (a flag, a default).
+    #[error("{}{reason}", if path.as_os_str().is_empty() { String::new() } else { format!("{}: ", path.display()) })]
     Config {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("{}: {reason}", path.display())]
+    Input {
         path: std::path::PathBuf,
         reason: String,
     },

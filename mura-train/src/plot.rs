@@ -13,7 +13,7 @@ use plotters::style::FontStyle;
 
 use crate::TrainError;
 use crate::history::HistoryRow;
-use crate::state::write_durable;
+use crate::io::write_durable;
 
 /// The font family plots are labelled with.
 pub(crate) const FONT: &str = "mura-sans";

@@ -19,11 +19,12 @@ use serde::Serialize;
 
 use crate::TrainError;
 use crate::ensemble::EnsembleDef;
-use crate::evaluate::{EvaluateOptions, Tta, Weights, evaluate, load_threshold, per_part};
-use crate::fit::files;
+use crate::evaluate::{EvaluateOptions, evaluate, per_part};
 use crate::history::{self, HistoryRow};
+use crate::io::write_durable;
 use crate::plot::{Legend, PALETTE, Panel, Series, curve_panels, render};
-use crate::state::write_durable;
+use crate::run::{Weights, files, load_threshold};
+use crate::trained::Tta;
 
 /// The MURA paper's model, study-level Cohen's kappa on its hidden test set, per body part and
 /// overall (Rajpurkar et al., 2017, table 2).
@@ -254,7 +255,7 @@ pub fn report(
         return Err(bad(
             out,
             format!(
-                "cannot sort by `{}` (one of: {})",
+                "cannot sort by `{}`: not a column (one of: {})",
                 options.sort_by,
                 SORT_KEYS.join(", ")
             ),

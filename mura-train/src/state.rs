@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::epoch::EpochProgress;
 use crate::history::HistoryRow;
+use crate::io::{unwritable, write_durable};
 use crate::policy::{EarlyStopping, Plateau};
 
 /// The metadata key holding [`TrainState`] as JSON.
@@ -91,28 +92,11 @@ fn raw(t: &Tensor) -> Result<Raw, TrainError> {
     })
 }
 
-fn unwritable(path: &Path, reason: impl ToString) -> TrainError {
-    TrainError::Unwritable {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
-}
-
 fn unreadable(path: &Path, reason: impl ToString) -> TrainError {
     TrainError::BadCheckpoint {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     }
-}
-
-/// Writes `bytes` to `path` atomically and durably ([`mura_data::write_atomic`]).
-pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    mura_data::write_atomic(path, bytes).map_err(|e| match e {
-        mura_data::DataError::Write { source, .. } => {
-            unwritable(path, format!("{source}{}", mura_data::write_hint(&source)))
-        }
-        other => unwritable(path, other),
-    })
 }
 
 /// Saves tensors and, when given, the training state, durably.

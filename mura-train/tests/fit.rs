@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use candle_core::Device;
 use mura_data::synth::{Difficulty, SynthConfig, generate};
 use mura_models::{Arch, CnnConfig, LocalPool, ModelConfig, Readout};
-use mura_train::fit::{device, files};
 use mura_train::policy::{Monitor, PlateauConfig};
+use mura_train::run::{device, files};
 use mura_train::{
     ClassWeighting, DataConfig, EarlyStoppingSettings, EvaluateOptions, FitEnd, FitOptions,
     OptimizerConfig, RunConfig, Silent, TrainConfig, TrainError, Weights, create_run_dir, evaluate,

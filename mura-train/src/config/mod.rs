@@ -1,6 +1,8 @@
 //! The typed run configuration: what `mura train --config run.toml` reads and what every run
 //! directory keeps as `config.toml`, resolved. Unknown keys are refused, naming the key.
 
+mod overrides;
+
 use std::path::{Path, PathBuf};
 
 use mura_augment::{AugmentConfig, Filter, Preset, ResizeMode};
@@ -11,6 +13,8 @@ use crate::TrainError;
 use crate::optim::OptimizerConfig;
 use crate::policy::{EarlyStoppingConfig, Monitor, PlateauConfig};
 use crate::schedule::Schedule;
+
+pub use overrides::Overrides;
 
 /// One training run, as written in `run.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,101 @@
+//! Arguments of `mura explain`, `report`, `ensemble`, `cv` and `threshold`.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use mura_train::ensemble::EnsembleMode;
+
+use super::{CriterionArg, OutputArgs, WeightsArg};
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A run directory.
+    pub run: PathBuf,
+    /// Images to explain.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Folder for the PNGs (one per image: `<image name>.gradcam.png`).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = WeightsArg::Final)]
+    pub weights: WeightsArg,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Run and ensemble directories to compare (evaluated on their test split first when they
+    /// have not been).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Folder for index.html and its PNGs.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The comparison table's order, best first: study_auc, study_kappa, kappa_at_threshold,
+    /// study_accuracy, study_f1, study_sensitivity, study_specificity, image_auc.
+    #[arg(long, default_value = "study_auc")]
+    pub sort_by: String,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Mean of the members' probabilities.
+    Mean,
+    /// Share of members calling the image abnormal (each at its own chosen threshold).
+    Vote,
+    /// Each image to the member trained on its body part (or one trained on all parts).
+    PerPart,
+}
+
+impl From<ModeArg> for EnsembleMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Mean => EnsembleMode::Mean,
+            ModeArg::Vote => EnsembleMode::Vote,
+            ModeArg::PerPart => EnsembleMode::PerPart,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EnsembleArgs {
+    /// Member run directories (at least two).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ModeArg::Mean)]
+    pub mode: ModeArg,
+    /// The ensemble's directory: ensemble.toml is written there, and `evaluate`/`predict`
+    /// accept it like a run directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = WeightsArg::Final)]
+    pub weights: WeightsArg,
+}
+
+#[derive(Debug, Args)]
+pub struct CvArgs {
+    /// The run configuration each fold trains with.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Number of folds.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Folder that receives `<name>-cv<K>/` with one run per fold.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ThresholdArgs {
+    /// A run or ensemble directory.
+    pub run: PathBuf,
+    #[arg(long, value_enum, default_value_t = CriterionArg::Kappa)]
+    pub criterion: CriterionArg,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}

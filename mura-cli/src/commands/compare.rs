@@ -1,0 +1,111 @@
+//! `mura explain`, `report`, `ensemble`, `cv` and `threshold`.
+
+use anyhow::{Result, bail};
+use mura_train::cv::{CV_METRICS, cross_validate};
+use mura_train::ensemble::{EnsembleMode, Predictor, create_ensemble};
+use mura_train::evaluate::choose_threshold;
+use mura_train::explain::explain_images;
+use mura_train::report::ReportOptions;
+use mura_train::{RunConfig, TrainedRun, Weights};
+
+use crate::args::{CvArgs, EnsembleArgs, ExplainArgs, ReportArgs, ThresholdArgs};
+use crate::output::{Progress, interruptible};
+
+pub fn explain(a: &ExplainArgs) -> Result<()> {
+    let run = TrainedRun::open(&a.run, a.weights.into(), None)?;
+    let results = explain_images(&run, &a.images, &a.out)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&results)?);
+        return Ok(());
+    }
+    for e in &results {
+        println!(
+            "{:.4}  {}  → {}",
+            e.probability,
+            e.image.display(),
+            e.out.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn report(a: &ReportArgs) -> Result<()> {
+    let options = ReportOptions {
+        sort_by: a.sort_by.clone(),
+        threads: a.threads,
+    };
+    let s = mura_train::report::report(&a.runs, &a.out, &options)?;
+    for (i, e) in s.entries.iter().enumerate() {
+        println!(
+            "{}. {}  {}  study AUC {}  kappa {}",
+            i + 1,
+            e.name,
+            e.model,
+            e.studies.auc.map_or("n/a".into(), |v| format!("{v:.3}")),
+            e.studies.kappa.map_or("n/a".into(), |v| format!("{v:.3}"))
+        );
+    }
+    println!("wrote {}", s.html.display());
+    Ok(())
+}
+
+pub fn ensemble(a: &EnsembleArgs) -> Result<()> {
+    let mode = EnsembleMode::from(a.mode);
+    let e = create_ensemble(&a.runs, mode, a.weights.into(), &a.out)?;
+    println!(
+        "wrote {}/ensemble.toml: {} of {} runs; score it with `mura evaluate {}`",
+        a.out.display(),
+        mode.as_str(),
+        e.members.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+pub fn cv(a: &CvArgs) -> Result<()> {
+    let config = RunConfig::load(&a.config)?;
+    let mut progress = Progress::new(a.output);
+    let cv = cross_validate(&config, a.folds, &a.out, &interruptible(), &mut progress)?;
+    if a.output.json {
+        println!("{}", serde_json::to_string(&cv)?);
+    } else if !a.output.quiet {
+        println!(
+            "{}-fold cross-validation, validation studies of each fold ({})",
+            a.folds,
+            cv.dir.display()
+        );
+        println!("{:<18} mean ± std (folds)", "metric");
+        for k in CV_METRICS {
+            if let Some(m) = cv.summary.get(k) {
+                println!("{k:<18} {:.4} ± {:.4} ({})", m.mean, m.std, m.folds);
+            }
+        }
+        println!("wrote {0}/cv.csv and {0}/cv.json", cv.dir.display());
+    }
+    if cv.interrupted {
+        bail!(
+            "interrupted after {} of {} folds; run the same command again to continue",
+            cv.folds.len(),
+            a.folds
+        );
+    }
+    Ok(())
+}
+
+pub fn threshold(a: &ThresholdArgs) -> Result<()> {
+    let predictor = Predictor::open(&a.run, Weights::Final, None)?;
+    match choose_threshold(&predictor, a.criterion.into(), a.threads)? {
+        Some(t) => println!(
+            "threshold {:.4}: maximum {} on the validation studies, {:.4}; stored in {}/threshold.json",
+            t.value,
+            t.criterion.as_str(),
+            t.score,
+            a.run.display()
+        ),
+        None => bail!(
+            "{}: the validation studies admit no threshold (one class, or one distinct probability)",
+            a.run.display()
+        ),
+    }
+    Ok(())
+}
