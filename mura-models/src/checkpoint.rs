@@ -13,6 +13,7 @@ use safetensors::SafeTensors;
 
 use crate::ModelError;
 use crate::model::Model;
+use crate::vars::lock_vars;
 
 /// A tensor as a checkpoint declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,16 +158,6 @@ fn infos(st: &SafeTensors<'_>) -> Vec<TensorInfo> {
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
-}
-
-/// The variables of a `VarMap` (a poisoned lock still holds valid tensors).
-pub(crate) fn lock_vars(
-    varmap: &VarMap,
-) -> std::sync::MutexGuard<'_, HashMap<String, candle_core::Var>> {
-    match varmap.data().lock() {
-        Ok(d) => d,
-        Err(p) => p.into_inner(),
-    }
 }
 
 fn float_dtype(d: safetensors::Dtype) -> Option<DType> {

@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use candle_nn::VarMap;
 
 use crate::ModelError;
-use crate::layers::{splitmix64, unit};
+use crate::vars::{lock_vars, splitmix64, unit};
 
 /// The stream of tensor `k` under `seed`: `n` uniform values in [0, 1).
 fn uniforms(n: usize, seed: u64, k: u64) -> impl Iterator<Item = f32> {
@@ -35,7 +35,7 @@ fn normals(n: usize, seed: u64, k: u64) -> Vec<f32> {
 
 /// Re-initialises every tensor of `varmap` from `seed`.
 pub fn init_seeded(varmap: &VarMap, seed: u64) -> Result<(), ModelError> {
-    let data = crate::checkpoint::lock_vars(varmap);
+    let data = lock_vars(varmap);
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     for (k, name) in names.into_iter().enumerate() {

@@ -9,6 +9,8 @@ use candle_nn::{Linear, VarBuilder};
 
 use mura_kernels::{self as kernels, Conv2dParams};
 
+use crate::vars::{splitmix64, unit};
+
 thread_local! {
     static MACS: Cell<Option<u64>> = const { Cell::new(None) };
 }
@@ -468,19 +470,6 @@ impl Default for Noise {
     fn default() -> Self {
         Self::new(0)
     }
-}
-
-/// SplitMix64: the counter-based generator behind [`Noise`] and [`crate::init`].
-pub(crate) fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A uniform value in [0, 1) from 24 random bits (exact in f32).
-pub(crate) fn unit(bits: u64) -> f32 {
-    (bits >> 40) as f32 / (1u64 << 24) as f32
 }
 
 impl Noise {

@@ -14,6 +14,7 @@ pub mod layers;
 pub mod model;
 pub mod resnet;
 pub mod summary;
+mod vars;
 
 pub use checkpoint::{LoadOptions, LoadReport, Mismatch, TensorInfo};
 pub use cnn::{Cnn, CnnConfig, FilterGrowth, KernelGrowth, LocalPool, Readout};

@@ -16,6 +16,7 @@ use crate::head::Head;
 use crate::inception::InceptionV3;
 use crate::layers::{Noise, is_running_stat};
 use crate::resnet::{ResNet, ResNetConfig};
+use crate::vars::lock_vars;
 
 #[derive(Debug, Clone)]
 enum Backbone {
@@ -330,7 +331,7 @@ impl Model {
         let frozen: Vec<String> = (0..self.frozen_stages)
             .flat_map(|i| self.stage_prefixes(i))
             .collect();
-        let data = crate::checkpoint::lock_vars(varmap);
+        let data = lock_vars(varmap);
         let mut vars: Vec<(String, Var)> = data
             .iter()
             .filter(|(name, _)| {
@@ -348,7 +349,7 @@ impl Model {
     /// copied as they are now: take a fresh one after training further. Gradients with respect to
     /// an input `Var` (Grad-CAM) still flow.
     pub fn detached(&self, varmap: &VarMap) -> Result<Self, ModelError> {
-        let data = crate::checkpoint::lock_vars(varmap);
+        let data = lock_vars(varmap);
         let tensors: std::collections::HashMap<String, Tensor> = data
             .iter()
             .map(|(name, v)| (name.clone(), v.as_tensor().detach()))

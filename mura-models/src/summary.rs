@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::ModelError;
 use crate::layers::{count_macs, is_running_stat};
 use crate::model::Model;
+use crate::vars::lock_vars;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SummaryRow {
@@ -45,7 +46,7 @@ pub fn summarize(model: &Model, varmap: &VarMap, device: &Device) -> Result<Summ
     let cfg = model.pretrained_cfg();
     let [c, h, w] = cfg.input_size;
     let sizes: Vec<(String, usize)> = {
-        let data = crate::checkpoint::lock_vars(varmap);
+        let data = lock_vars(varmap);
         data.iter()
             .filter(|(n, _)| !is_running_stat(n))
             .map(|(n, v)| (n.clone(), v.elem_count()))

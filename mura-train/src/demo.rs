@@ -14,7 +14,8 @@ use serde::Serialize;
 use crate::TrainError;
 use crate::config::RunConfig;
 use crate::evaluate::{EvaluateOptions, Evaluation, evaluate};
-use crate::fit::{FitOptions, FitSummary, Observer};
+use crate::fit::{FitOptions, FitSummary};
+use crate::observer::Observer;
 use crate::run::{files, init_run_dir};
 use crate::train::train;
 

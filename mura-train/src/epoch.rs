@@ -32,7 +32,7 @@ pub struct Batch {
     pub y: Tensor,
     pub w: Tensor,
     pub indices: Vec<usize>,
-    /// `x` holds backbone features (from a [`crate::cache::FeatureCache`]), not images: only the
+    /// `x` holds backbone features (from a `cache::FeatureCache`), not images: only the
     /// head runs.
     pub features: bool,
 }

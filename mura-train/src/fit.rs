@@ -25,31 +25,12 @@ use crate::epoch::{
 use crate::history::{self, HistoryRow};
 use crate::io::write_json;
 use crate::lock::RunLock;
+use crate::observer::Observer;
 use crate::optim::Scheduled;
 use crate::policy::{Monitor, StopDecision, improves};
 use crate::run::{class_weights, device, files, loader, pipelines};
 use crate::session::{CheckpointClock, Session};
 use crate::tensorboard::{self, EventWriter};
-
-/// What happens during a run, for progress bars and logs. Every method has an empty default.
-pub trait Observer {
-    /// A message about a step of the run (data split, model, resume).
-    fn message(&mut self, _text: &str) {}
-    /// An epoch's training starts: `images` to go, `done` already done (a resumed epoch).
-    fn epoch_start(&mut self, _epoch: u32, _epochs: u32, _images: usize, _done: usize) {}
-    /// A training step ended.
-    fn batch(&mut self, _progress: &EpochProgress) {}
-    /// Validation of an epoch starts.
-    fn eval_start(&mut self, _images: usize) {}
-    /// An epoch ended.
-    fn epoch_end(&mut self, _row: &HistoryRow, _improved: bool) {}
-}
-
-/// An observer that says nothing.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Silent;
-
-impl Observer for Silent {}
 
 /// How to run `fit`.
 #[derive(Debug, Clone, Default)]
@@ -117,7 +98,7 @@ fn scores(examples: &[Example], predictions: &[(usize, f64)]) -> Result<Scores, 
 
 /// Trains the run in `dir` (made by [`crate::create_run_dir`], or one to resume: then it
 /// continues from `last.safetensors`). Writes the split, history, checkpoints and the training
-/// summary as it goes; the decision threshold is a step after it ([`crate::train::train`]).
+/// summary as it goes; the decision threshold is a step after it (`train::train`).
 pub fn fit(
     config: &RunConfig,
     dir: &Path,

@@ -14,6 +14,7 @@ pub mod history;
 pub mod io;
 pub mod lock;
 pub mod loss;
+pub mod observer;
 pub mod optim;
 pub mod plot;
 pub mod policy;
@@ -37,9 +38,10 @@ pub use epoch::{
     step_seed, train_epoch, train_epoch_with,
 };
 pub use evaluate::{EvaluateOptions, Evaluation, evaluate};
-pub use fit::{FitEnd, FitOptions, FitSummary, Observer, Silent, fit};
+pub use fit::{FitEnd, FitOptions, FitSummary, fit};
 pub use history::HistoryRow;
 pub use loss::{bce_with_logits, l2_penalty};
+pub use observer::{Observer, Silent};
 pub use optim::{Optim, OptimizerConfig, Scheduled};
 pub use policy::{
     EarlyStopping, EarlyStoppingConfig, Mode, Monitor, Plateau, PlateauConfig, StopDecision,

@@ -13,7 +13,7 @@ use mura_models::{Model, Trainable};
 
 use crate::TrainError;
 use crate::config::{Freeze, RunConfig, TrainConfig};
-use crate::fit::Observer;
+use crate::observer::Observer;
 use crate::optim::{Optim, OptimizerConfig};
 use crate::policy::{EarlyStopping, Plateau};
 use crate::run::{RunData, files, pretrained_file};

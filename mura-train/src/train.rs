@@ -7,7 +7,8 @@ use crate::TrainError;
 use crate::config::RunConfig;
 use crate::ensemble::Predictor;
 use crate::evaluate::choose_threshold;
-use crate::fit::{FitEnd, FitOptions, FitSummary, Observer, fit};
+use crate::fit::{FitEnd, FitOptions, FitSummary, fit};
+use crate::observer::Observer;
 use crate::run::{Weights, files};
 
 /// Trains the run in `dir` ([`fit`]) and, once it has finished, chooses and stores its decision
