@@ -536,12 +536,27 @@ mod tests {
                 "{sw}×{sh} → {w}×{h} in {dw}×{dh}");
         }
 
+        /// Every mode fills the whole requested size: a flat image stays flat where the image
+        /// lands (all of it when stretched or cropped), and a letterbox pads the rest with its
+        /// value; a destination of another size is refused.
         #[test]
-        fn output_has_requested_shape(sw in 1u32..80, sh in 1u32..80, dw in 1u32..40, dh in 1u32..40, m in 0usize..3) {
-            let src = ramp(sw, sh);
-            let mode = [ResizeMode::Stretch, ResizeMode::Letterbox { pad: 0 }, ResizeMode::CenterCrop { crop_fraction: 0.9 }][m];
+        fn output_fills_the_requested_shape(sw in 1u32..80, sh in 1u32..80, dw in 1u32..40, dh in 1u32..40, m in 0usize..3) {
+            let src = vec![200u8; (sw * sh) as usize];
+            let mode = [ResizeMode::Stretch, ResizeMode::Letterbox { pad: 7 }, ResizeMode::CenterCrop { crop_fraction: 0.9 }][m];
             let mut out = vec![0u8; (dw * dh) as usize];
-            GrayResizer::new().resize(&src, (sw, sh), &mut out, (dw, dh), mode, Filter::Bilinear).unwrap();
+            let mut resizer = GrayResizer::new();
+            resizer.resize(&src, (sw, sh), &mut out, (dw, dh), mode, Filter::Bilinear).unwrap();
+            let (x0, y0, w, h) = match mode {
+                ResizeMode::Letterbox { .. } => letterbox_rect((sw, sh), (dw, dh)),
+                _ => (0, 0, dw, dh),
+            };
+            for (i, &v) in out.iter().enumerate() {
+                let (x, y) = (i as u32 % dw, i as u32 / dw);
+                let inside = (x0..x0 + w).contains(&x) && (y0..y0 + h).contains(&y);
+                prop_assert_eq!(v, if inside { 200 } else { 7 }, "({}, {}) in {:?}", x, y, mode);
+            }
+            let mut short = vec![0u8; (dw * dh) as usize - 1];
+            prop_assert!(resizer.resize(&src, (sw, sh), &mut short, (dw, dh), mode, Filter::Bilinear).is_err());
         }
     }
 }
