@@ -24,7 +24,7 @@ fn quantile(hist: &[u32; 256], total: u32, q: f32) -> u8 {
 }
 
 /// Clips to the `p_low` / `p_high` percentiles (0–100) and stretches that window to the full range,
-/// in place (one seed report used 5/95). A flat image, or a window of one level, is left unchanged.
+/// in place (one seed report uses 5/95). A flat image, or a window of one level, is left unchanged.
 pub fn percentile_window(pixels: &mut [u8], p_low: f32, p_high: f32) -> Result<(), AugmentError> {
     if !(p_low.is_finite()
         && p_high.is_finite()
@@ -95,8 +95,8 @@ impl Clahe {
         Ok(())
     }
 
-    /// Equalises `pixels` (`width`×`height`) in place: per tile, a clipped histogram's CDF becomes a
-    /// mapping; each pixel blends the mappings of the four nearest tile centres bilinearly.
+    /// Equalises `pixels` (`width`×`height`) in place: per tile, a clipped histogram's CDF becomes
+    /// a mapping; each pixel blends the mappings of the four nearest tile centres bilinearly.
     pub fn apply(
         &self,
         pixels: &mut [u8],
@@ -130,8 +130,9 @@ impl Clahe {
                     }
                 }
                 let area = ((y1 - y0) * (x1 - x0)) as u32;
-                // OpenCV's arithmetic: the clip limit truncates, the excess is spread evenly and its
-                // remainder one count per `step` bins, the CDF is scaled by 255 / area and rounded.
+                // OpenCV's arithmetic: the clip limit truncates, the excess is spread evenly and
+                // its remainder one count per `step` bins, the CDF is scaled by 255 / area and
+                // rounded.
                 let limit = ((self.clip_limit * area as f32 / 256.0) as u32).max(1);
                 let mut excess = 0u32;
                 for h in hist.iter_mut() {

@@ -10,7 +10,7 @@ use crate::AugmentError;
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "mode")]
 pub enum ResizeMode {
-    /// Scale each axis independently (what the Keras generators of the seed reports did).
+    /// Scale each axis independently (as the Keras generators of the seed reports resize).
     Stretch,
     /// Keep the aspect ratio, fit inside the target, pad the rest with `pad` (centred).
     Letterbox { pad: u8 },
@@ -166,7 +166,8 @@ impl GrayResizer {
                     .max(f64::from(dst_h) / f64::from(src_h))
                     / f64::from(crop_fraction);
                 // At least one source pixel: a tiny fraction (or a tiny image) must not ask the
-                // resizer for an empty crop, which it indexes out of bounds (found by fuzzing).
+                // resizer for an empty crop, which it indexes out of bounds (the fuzz regression
+                // `crop-1e-24-empty-crop`).
                 let bw = (f64::from(dst_w) / k).max(1.0).min(f64::from(src_w));
                 let bh = (f64::from(dst_h) / k).max(1.0).min(f64::from(src_h));
                 let left = (f64::from(src_w) - bw) / 2.0;
@@ -196,11 +197,9 @@ impl GrayResizer {
 impl GrayResizer {
     /// The box `(left, top, width, height)` of `src` resized into `dst` by fast_image_resize's
     /// convolution, as two vertical passes: rows first, then, on the transposed result, columns,
-    /// transposed back. For 8-bit gray its horizontal kernel works on one output pixel at a
-    /// time (at 410×512 → 224×224: 101 µs horizontally against 38 µs vertically; the whole
-    /// resize takes about 60 µs instead of 140), and both kernels round the same way, so the
-    /// pixels equal those of
-    /// its one-call resize (tested). Without column scaling it is that one call.
+    /// transposed back. For 8-bit gray its horizontal kernel works on one output pixel at a time,
+    /// much slower than its vertical one, and both kernels round the same way, so the pixels
+    /// equal those of its one-call resize (tested). Without column scaling it is that one call.
     fn convolve(
         &mut self,
         (src, (src_w, src_h)): (&[u8], (u32, u32)),
@@ -324,8 +323,8 @@ mod tests {
             .collect()
     }
 
-    /// Found by fuzzing: a tiny crop fraction (or source) asked fast_image_resize for an empty
-    /// crop, which panicked inside it. The crop is at least one source pixel now.
+    /// A tiny crop fraction (or source) must not ask fast_image_resize for an empty crop, which
+    /// panics inside it (a case fuzzing found): the crop is at least one source pixel.
     #[test]
     fn tiny_crops_are_one_source_pixel_not_a_panic() {
         let mut r = GrayResizer::new();

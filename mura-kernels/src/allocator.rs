@@ -1,7 +1,7 @@
 //! Tuning of mimalloc for binaries that make it their global allocator (the `mimalloc`
 //! feature). A training step frees and reallocates the same few hundred megabytes every op;
-//! mimalloc's default purges freed pages after 10 ms, so they were page-faulted back in on the
-//! next op, which made training slower than with glibc's allocator. Kept, they are reused.
+//! mimalloc's default purges freed pages after 10 ms, so they would be page-faulted back in on
+//! the next op, and training would run slower than with glibc's allocator. Kept, they are reused.
 
 /// `mi_option_purge_delay` in mimalloc v2's `mimalloc.h` (the sys crate names no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

@@ -1,10 +1,11 @@
-//! DenseNet's dense block in training with one feature buffer (issue 7): each layer's input is
-//! the first channels of the buffer, read in place, and its new channels are written once
-//! after them; the backward adds every layer's input gradient into one gradient buffer.
+//! DenseNet's dense block in training with one feature buffer: each layer's input is the first
+//! channels of the buffer, read in place, and its new channels are written once after them; the
+//! backward adds every layer's input gradient into one gradient buffer.
 //!
-//! The concatenating block copies all the features gathered so far into a fresh input for
-//! every layer (quadratic in the depth), keeps each of those copies for the backward, and its
-//! backward narrows the gradient of each copy into pieces and adds them up piece by piece.
+//! The concatenating block (mura-models' `dense_block_concat`) copies all the features gathered
+//! so far into a fresh input for every layer (quadratic in the depth), keeps each of those copies
+//! for the backward, and its backward narrows the gradient of each copy into pieces and adds them
+//! up piece by piece.
 //!
 //! candle's custom ops return fresh storage, so the buffer cannot be a tensor that each
 //! layer's input views. It lives in a [`State`] the block's ops share instead, and what the

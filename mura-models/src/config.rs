@@ -89,7 +89,8 @@ impl Arch {
         }
     }
 
-    /// The input side the architecture is used at (timm's for the zoo, the seeds' for the CNNs).
+    /// The input side the architecture is used at (timm's for the zoo, the seed reports' for the
+    /// CNNs).
     pub fn default_input_size(self) -> usize {
         match self {
             Self::InceptionV3 => 299,

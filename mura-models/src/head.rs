@@ -1,5 +1,6 @@
 //! Classification heads on a backbone's feature map: global pooling, then a linear layer (timm's
-//! names, so a 1000-class checkpoint loads), an MLP with dropout, or seed 002's add-gate head.
+//! names, so a 1000-class checkpoint loads), an MLP with dropout, or the seed-002 report's
+//! add-gate head (docs/recipes.md).
 
 use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};

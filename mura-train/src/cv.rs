@@ -5,9 +5,9 @@
 //! the same folds. Fold `i` is an ordinary run (`<out>/<name>-cv<K>/fold-<i>/`) whose manifest
 //! (`fold-<i>.csv`) puts fold `i` in validation and the others in training; the official valid set
 //! stays the test set of every fold. Each fold is scored on its validation studies, and every
-//! metric is reported as mean ± sample standard deviation (n - 1) over the folds, as seed 004
-//! reported its 67.46% ± 7.88%. An interrupted cross-validation resumes: finished folds are
-//! kept, a started one resumes from its checkpoint.
+//! metric is reported as mean ± sample standard deviation (n - 1) over the folds, as the
+//! seed-004 report (docs/recipes.md) gives its 67.46% ± 7.88%. An interrupted cross-validation
+//! resumes: finished folds are kept, a started one resumes from its checkpoint.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Epoch-end policies that decide and do not act: early stopping answers "stop?", plateau decay
 //! answers "which learning rate next?". Their state is plain data, saved with a checkpoint so a
 //! resumed run decides exactly as an uninterrupted one. Semantics follow Keras' `EarlyStopping` and
-//! `ReduceLROnPlateau`, which the seed reports used.
+//! `ReduceLROnPlateau`, which the seed reports use.
 
 use serde::{Deserialize, Serialize};
 

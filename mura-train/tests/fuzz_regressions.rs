@@ -1,6 +1,7 @@
-//! Replays the fuzz targets' seed corpora and every input that once crashed one of them
-//! (`fuzz/seeds/<target>/`, `fuzz/regressions/<target>/`) through the same harnesses, so a fixed
-//! crash stays fixed. The harnesses live in `fuzz/harness/`; `bash tools/fuzz.sh` fuzzes them.
+//! Replays the fuzz targets' seed corpora and their regression inputs, each a crash fuzzing
+//! found (`fuzz/seeds/<target>/`, `fuzz/regressions/<target>/`), through the same harnesses, so
+//! none of those crashes comes back. The harnesses live in `fuzz/harness/`; `bash tools/fuzz.sh`
+//! fuzzes them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
@@ -55,12 +56,12 @@ fn safetensors_inputs() {
     replay("safetensors", safetensors::run);
 }
 
-/// Includes the two crashes fuzzing found: `zoom-1e-24-overflow`, a zoom range of (1.9e-24,
-/// 5.7e-16) that passed the config check and overflowed the warp's fixed-point coordinates (an
-/// add overflow panic in debug builds; the zoom range is now bounded to [1/16, 16] and the warp
-/// cannot overflow whatever its map), and `crop-1e-24-empty-crop`, a centre-crop fraction of
-/// 1.65e-24 that asked fast_image_resize for an empty crop, an index panic inside it (the crop is
-/// now at least one source pixel).
+/// Includes the two regressions: `zoom-1e-24-overflow`, a zoom range of (1.9e-24, 5.7e-16),
+/// which the config check must refuse (the zoom range is bounded to [1/16, 16]) and which must
+/// not overflow the warp's fixed-point coordinates (an add overflow panic in debug builds; the
+/// warp cannot overflow whatever its map); and `crop-1e-24-empty-crop`, a centre-crop fraction
+/// of 1.65e-24, which must not ask fast_image_resize for an empty crop (an index panic inside
+/// it; the crop is at least one source pixel).
 #[test]
 fn decode_augment_inputs() {
     let n = replay("decode_augment", decode_augment::run);

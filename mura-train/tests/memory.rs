@@ -1,7 +1,7 @@
-//! Training memory stays flat: candle's leaf gradients reference the forward graph, so an optimiser
-//! that kept one in its moments would hold every step's activations (it did: 176 MB per step on a
-//! small CNN at batch 32, until the OOM killer ended the run in epoch 3). Own test binary, so that
-//! no other test shares the process's resident size.
+//! Training memory stays flat: candle's leaf gradients reference the forward graph, so an
+//! optimiser that kept one in its moments would hold every step's activations (on a small CNN at
+//! batch 32, enough for the OOM killer to end a run within a few epochs). Own test binary, so
+//! that no other test shares the process's resident size.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -384,7 +384,7 @@ mod epochs {
     /// Six epochs on a small synthetic set (about 400 training images at 32×32): the epoch loss
     /// falls by more than 10% and the model, in eval mode, ranks its training images far above
     /// chance. (Generalisation to the validation split needs more data and epochs than a unit test
-    /// affords; the fit loop and `mura demo` of issue 5 measure it.)
+    /// affords; the whole-run tests of `tests/fit.rs` and `mura demo` measure it.)
     #[test]
     fn training_lowers_the_loss_and_learns() {
         let dir = tempfile::tempdir().unwrap();

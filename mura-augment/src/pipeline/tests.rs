@@ -148,9 +148,9 @@ proptest! {
             for i in 0..w * h {
                 let v = ((reference[i] - 0.5) * contrast + 0.5 + brightness).clamp(0.0, 1.0);
                 let expect = (v - norm.mean[c]) / norm.std[c];
-                // 8-bit bilinear weights truncate by under 1/256 per axis: at most one gray level per
-                // axis on a 255-level edge, so 2 levels, plus < 0.3 from 16.16 coordinate steps
-                // over a 64-pixel block; the contrast factor scales the error.
+                // 8-bit bilinear weights truncate by under 1/256 per axis: at most one gray level
+                // per axis on a 255-level edge, so 2 levels, plus < 0.3 from 16.16 coordinate
+                // steps over a 64-pixel block; the contrast factor scales the error.
                 let tol = 2.5 * contrast.max(1.0) / 255.0 / norm.std[c] + 1e-4;
                 prop_assert!((fused[c * w * h + i] - expect).abs() <= tol, "c {c} i {i}: {} vs {expect}", fused[c * w * h + i]);
             }
@@ -319,7 +319,7 @@ fn bad_configs_are_clear_errors_and_720_degrees_is_defined() {
             "zoom",
         ),
         (
-            // Found by fuzzing: a positive but tiny scale overflowed the warp.
+            // A positive but tiny scale, below the smallest zoom accepted (a case fuzzing found).
             AugmentConfig {
                 zoom: (1.9e-24, 5.7e-16),
                 ..ok

@@ -439,7 +439,7 @@ fn growth_plates(
 }
 
 /// Hardware (a plate with four screws) or a lytic or sclerotic lesion on the target bone; a
-/// fracture was drawn with the bones.
+/// fracture is drawn with the bones.
 fn draw_finding(canvas: &mut Canvas, bones: &[Capsule], target: Target, scale: f32) {
     let (finding, k, t, _, strength) = target;
     let c = &bones[k];

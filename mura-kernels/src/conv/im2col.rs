@@ -113,7 +113,7 @@ impl Geom {
                     let start = ((x0 * self.p.stride.1) as isize + off_x) as usize;
                     if self.p.stride.1 == 1 {
                         // Contiguous on both sides: a loop the compiler vectorises (`step_by`
-                        // does not, and this was 8% of a DenseNet-121 training step).
+                        // does not).
                         let dst = &mut dst[start..start + (x1 - x0)];
                         for (d, v) in dst.iter_mut().zip(&g[x0..x1]) {
                             *d += *v;

@@ -258,8 +258,9 @@ impl CustomOp2 for ConvGradInput {
             Ok(())
         };
         // SAFETY: the images' slots partition dx; the Winograd forward and `forward_shifted`
-        // initialise the first C·ho'·wo' = C·H·W elements of a slot, `sgemm_fresh` all k·l = C·H·W (pointwise: the
-        // image is its column matrix), `col2im` zeroes each of its C planes before adding.
+        // initialise the first C·ho'·wo' = C·H·W elements of a slot, `sgemm_fresh` all
+        // k·l = C·H·W (pointwise: the image is its column matrix), `col2im` zeroes each of its C
+        // planes before adding.
         #[allow(unsafe_code)]
         let dx = unsafe {
             fresh(g.n * g.image(), |dx| {

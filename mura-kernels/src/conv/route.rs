@@ -1,7 +1,7 @@
 //! The sizes of one convolution ([`Geom`]) and the route each of its passes takes: im2col,
 //! shifted products, Winograd, or one product over the batch for the weight gradient. Each
-//! threshold was chosen from per-shape measurements (`cargo bench -p mura-kernels`); the tests
-//! pin which zoo layers take which route.
+//! threshold was chosen from per-shape measurements (`cargo bench -p mura-kernels`,
+//! docs/benchmarks.md); the tests pin which zoo layers take which route.
 
 use super::Conv2dParams;
 use super::out_len;
@@ -139,9 +139,8 @@ impl Geom {
     /// no such convolution, too many columns wasted, or more than [`FEW_OUTPUTS`] output
     /// channels or fewer input channels. The column matrix costs its memory traffic, C·kh·kw·L,
     /// against a product of depth O: with O = 32 it dominates (DenseNet's 128 → 32 growth
-    /// convolution: backward 22.0 → 18.4 ms at 56×56, 2.2 → 1.5 at 14×14, batch 8, with the
-    /// weight gradient below), with O = 64 the two ways measured the same and with O ≥ 128 the
-    /// taps' products lost up to 16% (512 → 1024 at 8×8).
+    /// convolution, at 56×56 and at 14×14), with O = 64 the two ways cost the same, and with
+    /// O ≥ 128 the taps' products cost more than the column matrix they spare.
     pub(super) fn grad_input_shifted(&self) -> Option<Geom> {
         if self.o > FEW_OUTPUTS || self.c < FEW_OUTPUTS {
             return None;
@@ -157,11 +156,11 @@ impl Geom {
 
     /// The Winograd tiling ([`Winograd`]) where the forward runs by it: a 3×3 kernel at stride
     /// 1 without dilation, at least [`WINOGRAD_CHANNELS`] channels in and out, and at least
-    /// [`WINOGRAD_TILES`] tiles per image. Measured at batch 16 against the other routes
-    /// (`docs/benchmarks.md`): 1.3–1.7× faster on 28×28 maps and larger with 64 or more
-    /// channels each way (80 → 192 at 73×73: 89.9 → 55.8 ms), 1.07–1.3× with 32 on one side;
-    /// slower on 16 → 16 (4%) and on 16×16 maps and smaller (256 → 256 at 14×14: 15.0 → 23.0
-    /// ms), where 16 tiles or fewer make each of the 36 products too small.
+    /// [`WINOGRAD_TILES`] tiles per image. Winograd pays from 28×28 maps with 32 or more channels
+    /// each way, most with 64 or more (Inception-v3's 80 → 192 at 73×73); it does not on 16 → 16,
+    /// nor on 16×16 maps and smaller (256 → 256 at 14×14), where 16 tiles or fewer make each of
+    /// the 36 products too small. The thresholds were chosen from per-shape measurements at
+    /// batch 16 against the other routes (`cargo bench -p mura-kernels`, docs/benchmarks.md).
     pub(super) fn winograd(&self) -> Option<Winograd> {
         if (self.kh, self.kw) != (3, 3)
             || self.p.stride != (1, 1)
@@ -186,10 +185,11 @@ impl Geom {
     /// ([`Geom::weight_grad_batched`]): where an image's K×O part outweighs its operands by
     /// half again (K·O > 1.5·L·(K + O): deep layers on small maps, as ResNet-50's 7×7 stage
     /// and the custom CNN's last two blocks) and the batch's column matrix stays within
-    /// [`BATCHED_COLUMNS`] floats. Measured at batch 8 against the per-image products:
-    /// 1.8–2.3× on ResNet-50's 7×7 layers (K·O is 8–9 times L·(K + O)), 1.2–1.35× on the
-    /// custom CNN's 256 → 512 at 16×16 (1.6 times), 0.83–1.05× on ResNet-50's 14×14 layers
-    /// (1.04–1.17 times).
+    /// [`BATCHED_COLUMNS`] floats. The one product pays most where K·O is many times
+    /// L·(K + O) (ResNet-50's 7×7 layers: 8–9 times), less at 1.6 times (the custom CNN's
+    /// 256 → 512 at 16×16), and not at about 1.1 times (ResNet-50's 14×14 layers), hence the
+    /// factor 1.5, chosen from measurements at batch 8 against the per-image products
+    /// (`cargo bench -p mura-kernels`, docs/benchmarks.md).
     pub(super) fn weight_grad_batched_pays(&self) -> bool {
         let (k, l, o) = (self.k(), self.l(), self.o);
         self.n > 1 && 2 * k * o > 3 * l * (k + o) && k * l * self.n <= BATCHED_COLUMNS
@@ -198,8 +198,8 @@ impl Geom {
     /// Whether the weight gradient runs by shifted products ([`Geom::weight_grad_shifted`]):
     /// where the forward does, with at most [`FEW_OUTPUTS`] output channels and at least four
     /// times as many input channels. There im2col's column matrix outweighs the product
-    /// (DenseNet's 128 → 32); with 32 → 32 (Inception-v3's stem) the taps' O×C products,
-    /// deep and narrow, measured 4% slower, and 10–20% with more outputs or fewer inputs.
+    /// (DenseNet's 128 → 32); with 32 → 32 (Inception-v3's stem) the taps' O×C products, deep
+    /// and narrow, are slower than im2col, and more so with more outputs or fewer inputs.
     pub(super) fn weight_grad_shifted_pays(&self) -> bool {
         self.shifted() && self.o <= FEW_OUTPUTS && self.c >= 4 * self.o
     }

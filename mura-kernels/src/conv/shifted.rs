@@ -85,8 +85,8 @@ impl Geom {
     /// read from the tap's offset dy·wp + dx on: each tap's operand is the padded image itself,
     /// rows hp·wp apart. The products run at the padded width (output rows of wp columns, the
     /// last kw - 1 of each dropped), in blocks of [`COLUMN_BLOCK`] columns, each tap adding into
-    /// the block. im2col wrote and the GEMM re-read kh·kw copies of the image (26% of a
-    /// DenseNet-169 inference profile); this copies it once.
+    /// the block. im2col writes, and the GEMM re-reads, kh·kw copies of the image; this copies it
+    /// once.
     pub(super) fn forward_shifted<'y>(
         &self,
         x: &[f32],
@@ -123,7 +123,7 @@ impl Geom {
     /// Image `i`'s weight gradient by shifted products, written (or added, `accumulate`) into
     /// `dwt`, dWᵀ (K×O): for each tap t, dW_t (O×C) = dY·shift_t(P)ᵀ, the output gradient
     /// widened to the padded width (zeros in the columns the forward drops) against the padded
-    /// image read from the tap's offset, as in [`Geom::forward_shifted`]. im2col wrote kh·kw
+    /// image read from the tap's offset, as in [`Geom::forward_shifted`]. im2col writes kh·kw
     /// copies of the image; this copies it once.
     pub(super) fn weight_grad_shifted(
         &self,

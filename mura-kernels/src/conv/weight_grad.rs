@@ -16,9 +16,10 @@ use crate::{f32_slice, per_image_parallel, room, with_scratch};
 impl Geom {
     /// The weight gradient of the whole batch, dWᵀ (K×O) = cols·dYᵀ over the N·L columns of
     /// all the images side by side (image i's in columns i·L..(i+1)·L of both operands),
-    /// written into `dwt`. Per image, each product wrote a K×O part that the sum then read
-    /// back, N parts per step (ResNet-50's 23.5 M weights: 188 M floats at batch 8), with a
-    /// depth of L alone (49 on a 7×7 map); gathering the operands costs (K + O)·N·L.
+    /// written into `dwt`. Per image, each product writes a K×O part that the sum then reads
+    /// back, N parts per step (ResNet-50's 23.5 M weights: 188 M floats at batch 8), each with a
+    /// depth of L alone (49 on a 7×7 map); gathering the operands for one product costs
+    /// (K + O)·N·L.
     pub(super) fn weight_grad_batched(
         &self,
         (x, dy): (&[f32], &[f32]),

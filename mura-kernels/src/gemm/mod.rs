@@ -151,9 +151,8 @@ pub(crate) enum Out<'c> {
 
 /// `cᵀ = a·b` (fresh) or `cᵀ += a·b` (add): as [`sgemm`], but the m×n product is stored
 /// transposed, `ct` being row-major n×m. The GEMM writes its output fastest this way when `b`
-/// is stored transposed (the weight gradient dY·colsᵀ of a 32 × 1152 × 3136 DenseNet
-/// convolution: 126 GFLOP/s against 45 into a row-major output). Returns the m·n elements of
-/// `ct`, all written.
+/// is stored transposed, as in a convolution's weight gradient dY·colsᵀ. Returns the m·n
+/// elements of `ct`, all written.
 pub(crate) fn sgemm_transposed_out<'c>(
     dims: (usize, usize, usize),
     a: &[f32],
@@ -272,9 +271,10 @@ pub(crate) fn sgemm_fresh<'c>(
 }
 
 /// Columns per block of [`sgemm_fresh_blocked`]: a multiple of the 16 lanes of an AVX-512
-/// register. Measured on DenseNet's 32 × 3136 × 1152 growth convolution: one product over all
-/// columns ran at 62 GFLOP/s (its right operand's rows 12.5 KB apart, a new page every step of
-/// the depth loop), blocks of 256 columns at 121–127.
+/// register. One product over all the columns of a large map reads its right operand's rows far
+/// apart (12.5 KB on DenseNet's 56×56 growth convolution), a new page every step of the depth
+/// loop; blocks of 256 columns keep those reads in few pages. The size was chosen from
+/// per-shape measurements (`cargo bench -p mura-kernels`, docs/benchmarks.md).
 pub(crate) const COLUMN_BLOCK: usize = 256;
 
 /// The columns of the next block when `rest` remain: `block`, or all of them when that leaves
@@ -340,8 +340,8 @@ pub(crate) fn sgemm_fresh_blocked<'c>(
 }
 
 /// A vector of `len` f32 that `init` writes in full, without the zero-fill of `vec![0.0; len]`
-/// (a memset of every op output that was up to 14% of an inference profile). `init` gets the
-/// unwritten storage; on `Err` the storage is dropped unread.
+/// (a memset of every op output: an extra pass over memory that the op then overwrites). `init`
+/// gets the unwritten storage; on `Err` the storage is dropped unread.
 ///
 /// # Safety
 /// When it returns `Ok`, `init` must have written every element of the slice it was given.
@@ -421,8 +421,8 @@ unsafe fn product(
     };
     // SAFETY: with the given strides, the largest offset `gemm` touches is (m-1)·a_rs +
     // (k-1)·a_cs in `a`, (k-1)·b_rs + (n-1)·b_cs in `b` and (m-1)·c_rs + (n-1)·c_cs in `c`,
-    // within the lengths and elements of the caller's contract. `gemm` computes c := 1·c + 1·(a·b) when
-    // `read_dst`, c := a·b otherwise (then reading nothing of `c`).
+    // within the lengths and elements of the caller's contract. `gemm` computes
+    // c := 1·c + 1·(a·b) when `read_dst`, c := a·b otherwise (then reading nothing of `c`).
     unsafe {
         gemm::gemm(
             m,

@@ -57,7 +57,7 @@ pub(crate) fn plane_moments(plane: &[f32]) -> (f64, f64) {
 
 /// `g` = the gradient `dy` reaching a BatchNorm's affine output (scale, shift) through its
 /// ReLU: zero where the ReLU was off. A plain loop the compiler vectorises with a select (with
-/// the sums below in the same loop, it branched lane by lane around each load of `dy`).
+/// the sums below in the same loop, it would branch lane by lane around each load of `dy`).
 #[inline(always)]
 pub(crate) fn mask<const RELU: bool>(g: &mut [f32], x: &[f32], dy: &[f32], (scale, shift): Pair) {
     for ((o, v), d) in g.iter_mut().zip(x).zip(dy) {

@@ -44,11 +44,10 @@ impl Pool2d {
     /// Output row by output row, tap by tap as the forward: for kernel column `kx`, every output
     /// column whose tap lies in the image reads `row[ox·stride + kx − pad]`, from one phase of
     /// the row when the stride is above 1, so the inner loops run over contiguous output
-    /// columns without branches (the window-by-window scan, a mispredicted branch per element,
-    /// was 3% of a DenseNet-121 training step). Window elements are visited in scan order, so a
-    /// maximum is picked as [`window_max`] picks it, and its gradients are added in output order:
-    /// the same bits as the scan. Average shares reach an element in another order where
-    /// windows overlap along a row (f32 rounding).
+    /// columns without branches (the window-by-window scan mispredicts a branch per element).
+    /// Window elements are visited in scan order, so a maximum is picked as [`window_max`] picks
+    /// it, and its gradients are added in output order: the same bits as the scan. Average shares
+    /// reach an element in another order where windows overlap along a row (f32 rounding).
     pub(super) fn bwd_f32(
         &self,
         grad: &[f32],

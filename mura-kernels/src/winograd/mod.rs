@@ -7,7 +7,7 @@
 //! blocks. The GEMMs do a quarter of the direct convolution's multiply-adds (36 per 16 outputs
 //! against 144); the transforms are additions and multiplications by small constants, run
 //! eight lanes wide. The input gradient of such a convolution is another one (of the output
-//! gradient, by the flipped kernel: `conv.rs` routes it here); the weight gradient is the
+//! gradient, by the flipped kernel: `conv/route.rs` routes it here); the weight gradient is the
 //! forward's adjoint ([`Winograd::weight_grad`]): dU_ξ = Σ V_ξ·(A·dY·Aᵀ)_ξᵀ over the tiles, then
 //! dW = Gᵀ·dU·G.
 //!
@@ -33,9 +33,10 @@ const M: usize = 4;
 const ALPHA: usize = M + 2;
 /// Positions in a transformed tile: one GEMM each.
 const XI: usize = ALPHA * ALPHA;
-/// Tiles per strip (rounded up to whole rows of tiles). Strips of 128 and 256 measured within 4% of
-/// each other on ResNet-50's and Inception-v3's shapes, 64 up to 19% and 32 up to 33% slower
-/// (`docs/benchmarks.md`).
+/// Tiles per strip (rounded up to whole rows of tiles). On ResNet-50's and Inception-v3's shapes
+/// strips of 128 and 256 tiles cost about the same and smaller ones more, their 36 products
+/// being smaller; the size was chosen from those measurements (`cargo bench -p mura-kernels`,
+/// docs/benchmarks.md).
 const STRIP_TILES: usize = 128;
 
 /// The weight transform: U = G·g·Gᵀ for a 3×3 kernel g.
@@ -357,7 +358,7 @@ impl Winograd {
     /// laid out so that row k of every tile in the strip is one run: a row that is both the
     /// last two of one tile row and the first two of the next is written twice. Then Bᵀ down
     /// the six rows of all the strip's tiles at once: runs of rows·tw elements, not tw (14 on a
-    /// 56×56 map), which kept most of the work out of the vector loops.
+    /// 56×56 map, too short a run to keep most of the work in the vector loops).
     #[inline(always)]
     fn input_strip(
         &self,

@@ -1,5 +1,6 @@
 //! The custom CNN family as data: blocks, filters and their growth, kernels, pooling, readout,
-//! attention and head, with the presets of the seed reports and a stable run name per config.
+//! attention and head, with the presets of the seed reports (docs/recipes.md) and a stable run
+//! name per config.
 
 use serde::{Deserialize, Serialize};
 
@@ -9,14 +10,16 @@ use crate::ModelError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FilterGrowth {
-    /// ×2 per block (the seeds' 32, 64, 128, ...).
+    /// ×2 per block (the seed reports' 32, 64, 128, ...).
     Doubling,
     Constant,
     /// Many filters first, halving per block.
     FunnelIn,
-    /// Few filters first, doubling per block (the same as `Doubling`, named as seed 003 named it).
+    /// Few filters first, doubling per block (the same as `Doubling`, named as the seed-003 report
+    /// names it).
     FunnelOut,
-    /// Explicit multipliers of the base, one per block (seed 004's AlexNet-style ×1 ×2 ×4 ×4 ×2).
+    /// Explicit multipliers of the base, one per block (the seed-004 report's AlexNet-style
+    /// ×1 ×2 ×4 ×4 ×2).
     Multipliers(Vec<usize>),
 }
 
@@ -48,9 +51,9 @@ pub enum Readout {
     Flatten,
 }
 
-/// One config for every network of the seed reports. Serialisable (`deny_unknown_fields`); fields
-/// left out take the values of [`CnnConfig::custom_cnn`] (the model's `in_channels`, `input_size` and
-/// `num_classes` override this config's).
+/// One config for every network of the seed reports. Serialisable (`deny_unknown_fields`);
+/// fields left out take the values of [`CnnConfig::custom_cnn`] (the model's `in_channels`,
+/// `input_size` and `num_classes` override this config's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default = "CnnConfig::custom_cnn")]
 pub struct CnnConfig {
@@ -84,8 +87,9 @@ pub struct CnnConfig {
 }
 
 impl CnnConfig {
-    /// The 6-block network of seeds 000/001: Conv3×3 → BN → ReLU → MaxPool2 with 32 filters doubling,
-    /// flatten, dropout 0.25, one logit. 6,308,609 parameters at 256×256×3.
+    /// The 6-block network of the seed-000 and seed-001 reports: Conv3×3 → BN → ReLU → MaxPool2
+    /// with 32 filters doubling, flatten, dropout 0.25, one logit. 6,308,609 parameters at
+    /// 256×256×3.
     pub fn custom_cnn() -> Self {
         Self {
             in_channels: 3,
@@ -127,8 +131,9 @@ impl CnnConfig {
         }
     }
 
-    /// A VGG-style network as seed 004 used it: four blocks of two 3×3 convolutions, filters
-    /// doubling from 16, max pooling after each block, dense 64 → 64 with dropout 0.2, 128×128 gray.
+    /// A VGG-style network as seed 004 uses it: four blocks of two 3×3 convolutions, filters
+    /// doubling from 16, max pooling after each block, dense 64 → 64 with dropout 0.2, 128×128
+    /// gray.
     pub fn vgg_style() -> Self {
         Self {
             in_channels: 1,

@@ -1,6 +1,6 @@
 //! The gradient store of the patched candle-core (`vendor/README.md`): the first gradient of a
 //! tensor is taken as is (no zeros allocated and added to), later ones are summed, and
-//! subtraction's right-hand side gets the negated gradient, as before the patch.
+//! subtraction's right-hand side gets the negated gradient, as in candle as shipped.
 
 use candle_core::{Device, Tensor, Var};
 

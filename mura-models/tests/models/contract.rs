@@ -132,7 +132,8 @@ fn every_head_builds_and_counts_its_parameters() {
         let head_row = summary.rows.last().unwrap();
         assert_eq!(head_row.params, head.parameter_count(512, 1), "{head:?}");
     }
-    // Seed 002's network: Inception-v3 with the add-gate head on global max pooling.
+    // The seed-002 report's network (docs/recipes.md): Inception-v3 with the add-gate head on
+    // global max pooling.
     let config = ModelConfig {
         head: HeadConfig::add_gate_seed002(),
         input_size: Some(75),
