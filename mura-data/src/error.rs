@@ -83,6 +83,23 @@ pub enum DataError {
         image: String,
         first_line: u64,
     },
+    #[error(
+        "{path}:{line}: study {study} is listed again with the other label (first at line {first_line})"
+    )]
+    ConflictingLabels {
+        path: PathBuf,
+        line: u64,
+        study: String,
+        first_line: u64,
+    },
+    #[error(
+        "{images_csv} lists no image while {labels_csv} lists {studies} studies: the image list is empty or was emptied"
+    )]
+    EmptyImageList {
+        images_csv: PathBuf,
+        labels_csv: PathBuf,
+        studies: usize,
+    },
     #[error("{path}: skipped ({reason}) and --strict forbids skipping")]
     StrictSkip { path: PathBuf, reason: SkipReason },
     #[error("{path}: cannot decode image: {message}")]

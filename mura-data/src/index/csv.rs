@@ -1,7 +1,7 @@
 //! Reading the four header-less CSVs of a MURA copy: lines bounded in length, each malformed
 //! line an error naming the file and line, the labelled studies of a split and its images.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::path::{
     PathProblem, check_components, junk_reason, parse_study_parts, parse_view, record,
 };
-use super::{IndexOptions, Inside, Skipped};
+use super::{IndexOptions, Inside, SkipReason, Skipped};
 use crate::{DataError, ImageRecord, Split};
 
 /// The longest CSV line accepted (a MURA path is under 100 bytes): a longer one is refused with
@@ -132,14 +132,39 @@ impl SplitCsvs<'_> {
         images: &mut Vec<ImageRecord>,
         skipped: &mut Vec<Skipped>,
     ) -> Result<(), DataError> {
-        let labels = self.labels()?;
-        self.images(&labels, images, skipped)
+        let labels = self.labels(skipped)?;
+        let before = images.len();
+        let listed = self.images(&labels, images, skipped)?;
+        if images.len() == before && !labels.is_empty() {
+            return Err(DataError::EmptyImageList {
+                images_csv: self.image_csv.clone(),
+                labels_csv: self.label_csv.clone(),
+                studies: labels.len(),
+            });
+        }
+        // Every labelled study whose images the list does not name, in the order of its rows.
+        let mut unlisted: Vec<u64> = labels
+            .iter()
+            .filter(|(study, _)| !listed.contains(study.as_str()))
+            .map(|(_, &(_, line))| line)
+            .collect();
+        unlisted.sort_unstable();
+        skipped.extend(unlisted.into_iter().map(|line| Skipped {
+            path: PathBuf::from(format!("{}:{line}", self.label_csv.display())),
+            reason: SkipReason::StudyWithoutImages,
+        }));
+        Ok(())
     }
 
-    /// The labelled studies: "<study folder>/,<0|1>", each checked against its folder's name.
-    fn labels(&self) -> Result<HashMap<String, bool>, DataError> {
+    /// The labelled studies, each with its label and line: "<study folder>/,<0|1>", each checked
+    /// against its folder's name. A row repeating a study is skipped (counted in `skipped`) when
+    /// it gives the same label, an error when it gives the other.
+    fn labels(
+        &self,
+        skipped: &mut Vec<Skipped>,
+    ) -> Result<HashMap<String, (bool, u64)>, DataError> {
         let label_csv = &self.label_csv;
-        let mut labels: HashMap<String, bool> = HashMap::new();
+        let mut labels: HashMap<String, (bool, u64)> = HashMap::new();
         for rec in records(label_csv)? {
             let (line, rec) = rec?;
             if rec.iter().all(|f| f.trim().is_empty()) {
@@ -171,6 +196,25 @@ impl SplitCsvs<'_> {
                     study.split, self.split
                 )));
             }
+            let key = format!("{}/", entry.trim_end_matches('/'));
+            match labels.get(&key) {
+                Some(&(first, _)) if first == label => {
+                    skipped.push(Skipped {
+                        path: PathBuf::from(format!("{}:{line}", label_csv.display())),
+                        reason: SkipReason::DuplicateStudy,
+                    });
+                    continue;
+                }
+                Some(&(_, first_line)) => {
+                    return Err(DataError::ConflictingLabels {
+                        path: label_csv.to_path_buf(),
+                        line,
+                        study: entry.to_string(),
+                        first_line,
+                    });
+                }
+                None => {}
+            }
             if study.label != label {
                 return Err(DataError::LabelMismatch {
                     path: label_csv.to_path_buf(),
@@ -180,19 +224,20 @@ impl SplitCsvs<'_> {
                     folder_label: u8::from(study.label),
                 });
             }
-            labels.insert(format!("{}/", entry.trim_end_matches('/')), label);
+            labels.insert(key, (label, line));
         }
         Ok(labels)
     }
 
     /// The images: one path per line, each in a labelled study of this split, listed once,
-    /// and (with `check_files`) present inside the data set.
-    fn images(
+    /// and (with `check_files`) present inside the data set. Returns the studies they are in.
+    fn images<'l>(
         &self,
-        labels: &HashMap<String, bool>,
+        labels: &'l HashMap<String, (bool, u64)>,
         images: &mut Vec<ImageRecord>,
         skipped: &mut Vec<Skipped>,
-    ) -> Result<(), DataError> {
+    ) -> Result<HashSet<&'l str>, DataError> {
+        let mut listed = HashSet::new();
         let image_csv = &self.image_csv;
         let mut seen: HashMap<String, u64> = HashMap::new();
         for rec in records(image_csv)? {
@@ -231,15 +276,16 @@ impl SplitCsvs<'_> {
                 )));
             }
             let study_key = &entry[..entry.len() - name.len()];
-            let label = *labels
-                .get(study_key)
-                .ok_or_else(|| DataError::StudyNotLabelled {
-                    path: image_csv.to_path_buf(),
-                    line,
-                    study: study_key.to_string(),
-                    image: entry.to_string(),
-                    labels_csv: self.label_csv.clone(),
-                })?;
+            let (key, &(label, _)) =
+                labels
+                    .get_key_value(study_key)
+                    .ok_or_else(|| DataError::StudyNotLabelled {
+                        path: image_csv.to_path_buf(),
+                        line,
+                        study: study_key.to_string(),
+                        image: entry.to_string(),
+                        labels_csv: self.label_csv.clone(),
+                    })?;
             if let Some(&first_line) = seen.get(entry) {
                 return Err(DataError::DuplicateImage {
                     path: image_csv.to_path_buf(),
@@ -260,8 +306,9 @@ impl SplitCsvs<'_> {
                 }
                 self.inside.check(&image)?;
             }
+            listed.insert(key.as_str());
             images.push(record(&study, view, label, entry.to_string()));
         }
-        Ok(())
+        Ok(listed)
     }
 }

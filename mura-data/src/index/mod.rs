@@ -57,6 +57,10 @@ pub enum SkipReason {
     /// A file or folder that is not part of the MURA layout (a README in `train/`, a `.txt` beside the
     /// images).
     Unexpected,
+    /// A labelled-studies row that repeats an earlier one (same study, same label).
+    DuplicateStudy,
+    /// A labelled study none of whose images the image list names.
+    StudyWithoutImages,
 }
 
 impl fmt::Display for SkipReason {
@@ -65,6 +69,8 @@ impl fmt::Display for SkipReason {
             SkipReason::SideFile => "macOS ._ side file",
             SkipReason::DsStore => ".DS_Store",
             SkipReason::Unexpected => "not part of the MURA layout",
+            SkipReason::DuplicateStudy => "labelled study listed twice",
+            SkipReason::StudyWithoutImages => "labelled study with no image in the image list",
         })
     }
 }

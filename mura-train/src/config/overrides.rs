@@ -141,8 +141,17 @@ impl Overrides {
 
     /// `e` with the flag named in front when the setting at fault came from one.
     fn name_flag(&self, e: TrainError) -> TrainError {
-        let TrainError::Config { path, reason } = e else {
-            return e;
+        let (path, reason) = match e {
+            TrainError::Config { path, reason } => (path, reason),
+            TrainError::BadParameter { what, .. }
+                if what == "learning rate" && self.lr.is_some() =>
+            {
+                return TrainError::Config {
+                    path: PathBuf::new(),
+                    reason: format!("--lr: train.optimizer.lr: {e}"),
+                };
+            }
+            other => return other,
         };
         let flag = FLAGS
             .iter()
