@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mura_train::compare::Comparison;
 use mura_train::evaluate::{Level, Scored};
 use mura_train::{EpochProgress, Evaluation, FitOptions, HistoryRow, Observer, Tta};
 
@@ -209,9 +210,87 @@ pub fn evaluation_table(ev: &Evaluation) -> String {
         ev.split
     );
     format!(
-        "{}\n{}{}",
+        "{}\n{}{}{}",
         level_table(&studies, &ev.studies),
         level_table(&format!("image level ({} split)", ev.split), &ev.images),
-        threshold_table(ev)
+        threshold_table(ev),
+        calibration_lines(ev)
     )
+}
+
+/// The Brier score and expected calibration error at both levels, before and after the run's
+/// temperature, and what the intervals resample.
+fn calibration_lines(ev: &Evaluation) -> String {
+    let c = &ev.calibration;
+    let line = |name: &str, l: &mura_train::evaluate::CalibrationLevel| {
+        format!(
+            "{name:<7} Brier {:.4} (before scaling {:.4})  ECE {:.4} (before {:.4})  MCE {:.4}\n",
+            l.brier, l.brier_before, l.ece, l.ece_before, l.mce
+        )
+    };
+    let t = c
+        .temperature
+        .map_or("no temperature".into(), |t| format!("temperature {t:.3}"));
+    format!(
+        "\ncalibration ({t}; ECE and MCE over 10 equal-width bins)\n{}{}95% intervals: bootstrap over patients (study level) and studies (image level)\n",
+        line("studies", &c.studies),
+        line("images", &c.images)
+    )
+}
+
+/// `mura compare`'s table: per row (overall, then each body part) the studies, both AUCs with
+/// DeLong's z, p-value and interval of the difference, and the kappa and accuracy differences
+/// with their paired bootstrap intervals and p-values.
+pub fn comparison_table(c: &Comparison) -> String {
+    let mut out = format!(
+        "A = {}\nB = {}\n{} split, study level; kappa and accuracy at each run's threshold (A {:.4}, B {:.4}); intervals 95%\n",
+        c.a.display(),
+        c.b.display(),
+        c.split,
+        c.threshold_a,
+        c.threshold_b
+    );
+    out.push_str(&format!(
+        "{:<10} {:>7} {:>13} {:>8} {:>9} {:>18}  {:>24}  {:>24}\n",
+        "part",
+        "studies",
+        "AUC A / B",
+        "z",
+        "p",
+        "AUC A−B [CI]",
+        "kappa A−B [CI] p",
+        "acc A−B [CI] p"
+    ));
+    let rows = std::iter::once(("all".to_string(), &c.overall))
+        .chain(c.parts.iter().map(|(k, v)| (k.clone(), v)));
+    for (name, p) in rows {
+        let (aucs, z, pv, diff) = match &p.auc {
+            Some(t) => (
+                format!("{:.3} / {:.3}", t.auc_a, t.auc_b),
+                format!("{:.2}", t.z),
+                format!("{:.4}", t.p_value),
+                format!("{:+.3} [{:+.3}, {:+.3}]", t.difference, t.lower, t.upper),
+            ),
+            None => ("—".into(), "—".into(), "—".into(), "—".into()),
+        };
+        let paired = |i: &Option<mura_metrics::PairedInterval>| match i {
+            Some(i) => format!(
+                "{:+.3} [{:+.3}, {:+.3}] {:.3}",
+                i.difference, i.lower, i.upper, i.p_value
+            ),
+            None => "—".into(),
+        };
+        out.push_str(&format!(
+            "{:<10} {:>7} {:>13} {:>8} {:>9} {:>18}  {:>24}  {:>24}\n",
+            name,
+            p.studies,
+            aucs,
+            z,
+            pv,
+            diff,
+            paired(&p.kappa),
+            paired(&p.accuracy)
+        ));
+    }
+    out
 }

@@ -367,7 +367,31 @@ fn bench_model_reports_the_peers_json_fields() {
     assert_eq!(json["threads"], 1);
     assert_eq!(json["mode"], "train");
     assert_eq!(json["batch"], 2);
+    let forced = std::env::var("MURA_KERNELS").is_ok_and(|v| v == "generic");
+    assert_eq!(json["kernels"], if forced { "generic" } else { "cpu" });
     fails_with(&["bench", "model", "lenet"], "lenet");
+    // MURA_KERNELS=generic turns the generic paths on, and the result says so.
+    let o = Command::new(env!("CARGO_BIN_EXE_mura"))
+        .args([
+            "bench",
+            "model",
+            "custom-cnn",
+            "--batch",
+            "2",
+            "--image-size",
+            "64",
+        ])
+        .args(["--iters", "1", "--threads", "1", "--json"])
+        .env("MURA_KERNELS", "generic")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["kernels"], "generic");
+    fails_with(
+        &["bench", "model", "custom-cnn", "--device", "cuda:0"],
+        "no CUDA support",
+    );
 }
 
 mod model {
@@ -647,8 +671,78 @@ fn demo_trains_evaluates_and_prints_the_study_table() {
     let text = stdout(&o);
     assert!(text.contains("study level (test split"), "{text}");
     assert!(text.contains("demo done in"), "{text}");
+    // One level: the data in OUT/data, the run in OUT/run, and the last line names it.
+    let run = out.join("run");
+    assert!(run.join("config.toml").is_file() && run.join("best.safetensors").is_file());
+    assert!(out.join("data").join("MURA-v1.1").is_dir());
+    let last = text.lines().last().unwrap();
+    assert!(last.ends_with(run.to_str().unwrap()), "{last}");
     // Running it again reuses the data and replaces the run.
     let o = mura(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("using the synthetic data set"));
+}
+
+/// A bad value given by a flag names the flag (and the setting it sets); the message never starts
+/// with an empty location.
+#[test]
+fn a_bad_flag_value_names_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("m");
+    let out = dir.path().join("runs");
+    for (flag, value, key) in [
+        ("--batch-size", "0", "train.batch_size"),
+        ("--epochs", "0", "train.epochs"),
+    ] {
+        let o = mura(&[
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            flag,
+            value,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2));
+        let err = stderr(&o);
+        assert!(
+            err.starts_with(&format!("error: {flag}: {key} must be at least 1")),
+            "{err}"
+        );
+    }
+    assert!(!out.exists(), "no run directory for a refused config");
+}
+
+/// `evaluate` and `predict` on a folder that is not a run say so, and name the run directory
+/// inside it when there is exactly one (the `--out runs` mistake).
+#[test]
+fn a_folder_that_is_not_a_run_is_named_with_the_run_inside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    fs::create_dir_all(runs.join("d169")).unwrap();
+    fs::write(runs.join("d169").join("config.toml"), "").unwrap();
+    let image = dir.path().join("x.png");
+    fs::write(&image, b"").unwrap();
+    for args in [
+        vec!["evaluate", runs.to_str().unwrap()],
+        vec!["predict", runs.to_str().unwrap(), image.to_str().unwrap()],
+    ] {
+        let o = mura(&args);
+        assert_eq!(o.status.code(), Some(2));
+        let err = stderr(&o);
+        assert!(
+            err.contains("is not a run or ensemble directory")
+                && err.contains(runs.join("d169").to_str().unwrap()),
+            "{err}"
+        );
+    }
+    // Two runs inside: none is named.
+    fs::create_dir_all(runs.join("r50")).unwrap();
+    fs::write(runs.join("r50").join("config.toml"), "").unwrap();
+    let o = mura(&["evaluate", runs.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("is not a run") && !err.contains("the run directory in it"),
+        "{err}"
+    );
 }

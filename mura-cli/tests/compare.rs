@@ -106,11 +106,11 @@ fn rendered_dom(html: &Path) -> String {
         "no headless browser: set MURA_BROWSER or put chromium-headless-shell (or chromium) on PATH",
     );
     let url = format!("file://{}", fs::canonicalize(html).unwrap().display());
-    // Chromium itself now and then dies of a segmentation fault (CI saw one in its headless shell;
-    // 60 runs here, some under full load, did not repeat it). A crash of the browser says nothing
-    // of the page, so it gets three tries, each with a fresh profile, and keeps its shared memory
-    // out of /dev/shm, which containers often keep small. The page's own checks in the callers
-    // still fail whenever the browser renders it wrong.
+    // Chromium's headless shell itself can die of a segmentation fault, rarely and not
+    // reproducibly. A crash of the browser says nothing of the page, so it gets three tries, each
+    // with a fresh profile, and keeps its shared memory out of /dev/shm, which containers often
+    // keep small. The page's own checks in the callers still fail whenever the browser renders it
+    // wrong.
     let mut failures = Vec::new();
     for _ in 0..3 {
         let profile = tempfile::tempdir().unwrap();
@@ -187,11 +187,62 @@ fn thresholds_tta_explain_ensembles_and_report() {
     assert!((logged - loss).abs() < 1e-5, "{logged} vs {loss}");
     assert!(!b.join("tensorboard").exists());
 
-    // Evaluate with and without test-time augmentation: both thresholds reported.
+    // The temperature fitted at the end of training, beside the threshold.
+    let cal: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(a.join("calibration.json")).unwrap()).unwrap();
+    assert!(cal["temperature"].as_f64().unwrap() > 0.0);
+    assert!(cal["nll_after"].as_f64().unwrap() <= cal["nll_before"].as_f64().unwrap());
+
+    // Evaluate with and without test-time augmentation: both thresholds reported, and the
+    // calibration before and after the temperature.
     let plain = ok(&["evaluate", s(&a), "--bootstrap", "0"]);
     assert!(
         plain.contains("at the threshold chosen on validation"),
         "{plain}"
+    );
+    assert!(
+        plain.contains("calibration (temperature")
+            && plain.contains("Brier")
+            && plain.contains("ECE"),
+        "{plain}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(a.join("metrics.json")).unwrap()).unwrap();
+    let studies = &metrics["evaluation_test"]["calibration"]["studies"];
+    for key in ["brier", "ece", "brier_before", "ece_before", "mce"] {
+        assert!(studies[key].as_f64().is_some(), "{key}: {studies}");
+    }
+
+    // Is a better than b? DeLong's test of the study AUCs and paired bootstraps, as a table and
+    // as JSON, overall and per part.
+    let table = ok(&["compare", s(&a), s(&b), "--bootstrap", "200"]);
+    assert!(
+        table.contains("AUC A / B") && table.contains("all"),
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(&[
+        "compare",
+        s(&a),
+        s(&b),
+        "--bootstrap",
+        "200",
+        "--json",
+    ]))
+    .unwrap();
+    let overall = &json["overall"];
+    for key in ["auc_a", "auc_b", "z", "p_value"] {
+        assert!(overall[key].as_f64().is_some(), "{key}: {overall}");
+    }
+    let p = overall["p_value"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p));
+    assert!(
+        overall["kappa"]["difference"].as_f64().is_some(),
+        "{overall}"
+    );
+    assert!(!json["parts"].as_object().unwrap().is_empty());
+    fails_with(
+        &["compare", s(&a), s(&dir.path().join("nope"))],
+        "not a run or ensemble directory",
     );
     let tta = ok(&[
         "evaluate",
@@ -422,6 +473,12 @@ fn thresholds_tta_explain_ensembles_and_report() {
         !html.contains("http://") && !html.contains("https://"),
         "self-contained"
     );
+    // The pairwise tests: a matrix over the three entries, with p-values.
+    assert!(
+        html.contains("id=\"pairwise\"") && html.contains("(p "),
+        "pairwise tests"
+    );
+    assert!(html.contains("<th>ECE</th>"), "calibration columns");
     // Rows ordered by study AUC, best first, as the command printed them.
     let listed = ok(&["report", s(&a), s(&b), s(&mean), "--out", s(&rep)]);
     let aucs: Vec<f64> = listed

@@ -1,8 +1,8 @@
 //! Adam's update of an f32 variable in CPU memory, in place: one parallel pass reads the weight,
 //! its gradient and the two moments and writes the weight and the moments where they are.
 //!
-//! candle's ops take 13 passes and as many temporaries per variable, and a pass into fresh
-//! vectors still pays for their allocation and the copy back into the variable. This pass does
+//! candle's ops take 13 passes and as many temporaries per variable, and even one fused pass
+//! into fresh vectors pays for their allocation and the copy back into the variable. This pass does
 //! the same operations in the same order, in f32 as candle's scalar ops do, so it gives the bits
 //! of PyTorch's `torch.optim.Adam` / `AdamW` computed step by step in f32.
 
@@ -54,8 +54,12 @@ pub struct AdamStep {
 }
 
 /// Whether [`adam_in_place`] can update `var` from `grad`: both contiguous f32 tensors in CPU
-/// memory with the same number of elements.
+/// memory with the same number of elements, and the CPU kernels not turned off
+/// ([`crate::Kernels`]); elsewhere the optimiser uses candle's ops.
 pub fn adam_applies(var: &Var, grad: &Tensor) -> bool {
+    if !crate::route::fast(var.as_tensor()) {
+        return false;
+    }
     let n = var.elem_count();
     let fits = |t: &Tensor| {
         t.dtype() == DType::F32
@@ -231,6 +235,10 @@ mod tests {
     /// of decay (relative tolerance 1e-6, f32 arithmetic).
     #[test]
     fn two_steps_follow_pytorchs_update() {
+        crate::with_generic(false, two_steps)
+    }
+
+    fn two_steps() {
         let dev = Device::Cpu;
         let p0 = [0.5f32, -1.0, 2.0, 0.0];
         let grads = [[0.1f32, -0.2, 0.3, 0.0], [0.4, 0.1, -0.5, 1.0]];
@@ -278,6 +286,10 @@ mod tests {
     /// and leave the weights and the moments as they were.
     #[test]
     fn what_it_cannot_update_is_refused_and_left_alone() {
+        crate::with_generic(false, refused)
+    }
+
+    fn refused() {
         let dev = Device::Cpu;
         let var64 = Var::from_slice(&[1f64, 2.0], 2, &dev).unwrap();
         let g64 = Tensor::from_slice(&[1f64, 1.0], 2, &dev).unwrap();

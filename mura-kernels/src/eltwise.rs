@@ -8,9 +8,10 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::f32_slice;
 use super::gemm::fresh;
 use super::simd::vectorised;
+use super::{f32_slice, generic};
+use crate::route::fast;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -18,6 +19,9 @@ const CHUNK: usize = 1 << 14;
 /// relu(a + b) for two f32 tensors of the same shape, with its backward: the gradient where the
 /// output is positive, zero elsewhere, for both inputs.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if !(fast(a) && fast(b)) {
+        return generic::add_relu(a, b);
+    }
     if a.shape() != b.shape() {
         candle_core::bail!("add_relu: shapes {:?} and {:?} differ", a.dims(), b.dims())
     }

@@ -7,8 +7,10 @@ mod conv;
 mod dense;
 mod eltwise;
 mod gemm;
+mod generic;
 mod norm;
 mod pool;
+mod route;
 mod simd;
 mod winograd;
 
@@ -21,6 +23,7 @@ pub use dense::DenseFeatures;
 pub use eltwise::add_relu;
 pub use norm::{batch_norm_eval, batch_norm_train};
 pub use pool::{Pool2d, PoolKind};
+pub use route::{KERNELS_ENV, Kernels, generic_forced, with_generic};
 
 use conv::valid;
 use simd::vectorised;
@@ -32,7 +35,7 @@ use candle_core::{CpuStorage, Layout};
 
 thread_local! {
     /// Each thread's scratch for column matrices and GEMM blocks, kept from op to op: a fresh
-    /// buffer per op was zero-filled on every use (5% of a DenseNet-121 training step).
+    /// buffer per op would be zero-filled on every use.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 

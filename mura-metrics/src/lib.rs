@@ -1,17 +1,28 @@
 #![doc = include_str!("../README.md")]
 
 mod bootstrap;
+mod calibration;
 mod classification;
+mod delong;
 mod error;
 mod ranking;
 mod report;
 mod study;
 mod threshold;
 
-pub use bootstrap::{BootstrapConfig, Interval, bootstrap_ci};
+pub use bootstrap::{
+    BootstrapConfig, Interval, PairedInterval, bootstrap_ci, cluster_bootstrap_ci, paired_bootstrap,
+};
+pub use calibration::{
+    Binning, CalibrationError, ReliabilityBin, Temperature, apply_temperature, brier_score,
+    calibration_error, fit_temperature, logit, reliability,
+};
 pub use classification::{
     ConfusionMatrix, accuracy, binary_cross_entropy, cohen_kappa, confusion_matrix, f1, precision,
     recall, specificity,
+};
+pub use delong::{
+    AucVariance, DelongTest, delong_test, delong_variance, normal_cdf, normal_quantile,
 };
 pub use error::MetricsError;
 pub use ranking::{RocPoint, roc_auc, roc_curve};

@@ -95,3 +95,117 @@ fn roc_curve_matches_scikit_learn() {
         }
     }
 }
+
+/// Calibration (scikit-learn) and DeLong (R's pROC) reference values of
+/// `tools/metrics_golden.py`, to 1e-9 absolute.
+mod calibration_and_delong {
+    use mura_metrics::{
+        Binning, brier_score, calibration_error, delong_test, delong_variance, reliability,
+    };
+    use serde::Deserialize;
+
+    use super::TOLERANCE;
+
+    #[derive(Deserialize)]
+    struct Golden {
+        cases: Vec<Case>,
+    }
+
+    #[derive(Deserialize)]
+    struct Case {
+        labels: Vec<bool>,
+        a: Vec<f64>,
+        b: Vec<f64>,
+        brier_a: f64,
+        reliability_a: Vec<Diagram>,
+        delong: Delong,
+    }
+
+    #[derive(Deserialize)]
+    struct Diagram {
+        bins: usize,
+        binning: Binning,
+        fraction_positive: Vec<f64>,
+        mean_probability: Vec<f64>,
+        count: Vec<usize>,
+        ece: f64,
+        mce: f64,
+    }
+
+    #[derive(Deserialize)]
+    struct Delong {
+        auc_a: f64,
+        var_a: f64,
+        auc_b: f64,
+        var_b: f64,
+        z: f64,
+        p_value: f64,
+        lower: f64,
+        upper: f64,
+        level: f64,
+    }
+
+    fn close(what: &str, ours: f64, theirs: f64) {
+        assert!(
+            (ours - theirs).abs() <= TOLERANCE,
+            "{what}: ours {ours}, reference {theirs}"
+        );
+    }
+
+    fn golden() -> Golden {
+        let text = include_str!("fixtures/calibration_delong.json");
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn brier_and_reliability_match_scikit_learn() {
+        for (k, c) in golden().cases.iter().enumerate() {
+            close(
+                &format!("case {k} brier"),
+                brier_score(&c.labels, &c.a).unwrap(),
+                c.brier_a,
+            );
+            for d in &c.reliability_a {
+                let what = format!("case {k}, {} {:?} bins", d.bins, d.binning);
+                let ours = reliability(&c.labels, &c.a, d.bins, d.binning).unwrap();
+                let counts: Vec<usize> = ours.iter().map(|b| b.count).collect();
+                assert_eq!(counts, d.count, "{what}: counts");
+                for (i, b) in ours.iter().enumerate() {
+                    close(
+                        &format!("{what}[{i}] y"),
+                        b.fraction_positive,
+                        d.fraction_positive[i],
+                    );
+                    close(
+                        &format!("{what}[{i}] p"),
+                        b.mean_probability,
+                        d.mean_probability[i],
+                    );
+                }
+                let e = calibration_error(&c.labels, &c.a, d.bins, d.binning).unwrap();
+                close(&format!("{what} ece"), e.expected, d.ece);
+                close(&format!("{what} mce"), e.maximum, d.mce);
+            }
+        }
+    }
+
+    #[test]
+    fn delong_matches_proc() {
+        for (k, c) in golden().cases.iter().enumerate() {
+            let r = &c.delong;
+            let va = delong_variance(&c.labels, &c.a).unwrap().unwrap();
+            let vb = delong_variance(&c.labels, &c.b).unwrap().unwrap();
+            close(&format!("case {k} auc a"), va.auc, r.auc_a);
+            close(&format!("case {k} var a"), va.variance, r.var_a);
+            close(&format!("case {k} auc b"), vb.auc, r.auc_b);
+            close(&format!("case {k} var b"), vb.variance, r.var_b);
+            let t = delong_test(&c.labels, &c.a, &c.b, r.level)
+                .unwrap()
+                .unwrap();
+            close(&format!("case {k} z"), t.z, r.z);
+            close(&format!("case {k} p"), t.p_value, r.p_value);
+            close(&format!("case {k} lower"), t.lower, r.lower);
+            close(&format!("case {k} upper"), t.upper, r.upper);
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! input; transitions halve the channels (BN-ReLU-Conv1×1) and the size (2×2 average pool); a last
 //! BN-ReLU (`features.norm5`) ends the features.
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -274,7 +274,9 @@ impl DenseNet {
                 dense_block_in_place(layers, x, self.config.growth)
             }
             Stage::Block(layers)
-                if train && x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4 =>
+                if train
+                    && mura_kernels::Kernels::of(x) == mura_kernels::Kernels::Cpu
+                    && x.rank() == 4 =>
             {
                 dense_block_train(layers, x, self.config.growth)
             }
@@ -352,7 +354,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
 
     /// A block of three layers (growth 3, bottleneck 2) on 5 input channels, seeded.
@@ -389,6 +391,13 @@ mod tests {
     /// within 2e-6 of the largest magnitude of each.
     #[test]
     fn the_buffered_training_block_matches_the_concatenating_one() {
+        mura_kernels::with_generic(
+            false,
+            the_buffered_training_block_matches_the_concatenating_one_on_the_cpu_kernels,
+        )
+    }
+
+    fn the_buffered_training_block_matches_the_concatenating_one_on_the_cpu_kernels() {
         let dev = Device::Cpu;
         let (n, h, w) = (2, 5, 4);
         let xv: Vec<f32> = (0..n * 5 * h * w)

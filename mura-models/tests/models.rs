@@ -38,10 +38,20 @@ struct PoolCase {
     input_grad: Vec<f64>,
 }
 
-/// Pooling equals PyTorch's `max_pool2d` / `avg_pool2d`, forward and input gradient, in f64 to 1e-12
-/// and in f32 to 1e-5 (relative to the magnitude, inputs are standard normal).
+/// Pooling equals PyTorch's `max_pool2d` / `avg_pool2d`, forward and input gradient, in f64 to
+/// 1e-12 and in f32 to 1e-5 (relative to the magnitude, inputs are standard normal).
 #[test]
 fn pooling_matches_pytorch() {
+    mura_kernels::with_generic(false, pooling)
+}
+
+/// The same fixture through the generic pooling (tensor ops, as on a GPU).
+#[test]
+fn pooling_matches_pytorch_on_the_generic_path() {
+    mura_kernels::with_generic(true, pooling)
+}
+
+fn pooling() {
     let fixture: PoolFixture =
         serde_json::from_str(include_str!("fixtures/pool_torch.json")).unwrap();
     assert_eq!(fixture.cases.len(), 7);
@@ -114,8 +124,8 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use mura_models::{Cnn, CnnConfig, FilterGrowth, KernelGrowth, LocalPool, ModelError, Readout};
 
 /// Mean BCE on logits in the log-sum-exp form, max(z, 0) - z·t + ln(1 + e^-|z|).
-/// candle-nn's `binary_cross_entropy_with_logit` takes a sigmoid then a log, which gives NaN once a
-/// logit passes about 17 in f32 (seen here: vgg-style reached 17.9 after five steps).
+/// candle-nn's `binary_cross_entropy_with_logit` takes a sigmoid then a log, which gives NaN once
+/// a logit passes about 17 in f32 (vgg-style reaches 17.9 within five training steps).
 fn stable_bce_with_logits(z: &Tensor, t: &Tensor) -> Tensor {
     let relu = z.relu().unwrap();
     let soft = (z.abs().unwrap().neg().unwrap().exp().unwrap() + 1.0)

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use mura_models::{Arch, Model, ModelConfig};
 use serde::Serialize;
 
@@ -30,7 +30,7 @@ impl BenchMode {
 }
 
 /// A model benchmark's settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelBench {
     pub arch: Arch,
     pub mode: BenchMode,
@@ -41,6 +41,8 @@ pub struct ModelBench {
     pub image_size: Option<usize>,
     /// Timed steps after 2 warm-up steps; the median is reported.
     pub iters: usize,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
 }
 
 /// A model benchmark's result (the peer's JSON fields).
@@ -58,6 +60,8 @@ pub struct BenchResult {
     pub seconds_per_step: f64,
     /// Peak resident memory of the process (Linux), MB.
     pub peak_rss_mb: Option<f64>,
+    /// The kernels that ran: `cpu` (this crate's), `generic` (candle's ops on the CPU) or `cuda`.
+    pub kernels: &'static str,
 }
 
 /// The process's peak resident set size in MB (`VmHWM`; Linux only).
@@ -77,7 +81,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Runs the benchmark on the CPU.
+/// Runs the benchmark on its device.
 pub fn bench_model(b: &ModelBench) -> Result<BenchResult, TrainError> {
     let batch = b.batch.unwrap_or(match b.mode {
         BenchMode::Infer => 16,
@@ -94,7 +98,7 @@ pub fn bench_model(b: &ModelBench) -> Result<BenchResult, TrainError> {
         Arch::CustomCnn => 256,
         a => a.default_input_size(),
     });
-    let dev = Device::Cpu;
+    let dev = crate::run::device(&b.device)?;
     let config = ModelConfig {
         in_channels: 3,
         input_size: Some(size),
@@ -133,6 +137,7 @@ pub fn bench_model(b: &ModelBench) -> Result<BenchResult, TrainError> {
     for _ in 0..b.iters {
         let t = Instant::now();
         step()?;
+        dev.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
     let sec = median(times);
@@ -146,6 +151,7 @@ pub fn bench_model(b: &ModelBench) -> Result<BenchResult, TrainError> {
         images_per_sec: batch as f64 / sec,
         seconds_per_step: sec,
         peak_rss_mb: peak_rss_mb(),
+        kernels: mura_kernels::Kernels::for_device(&dev, DType::F32).name(),
     })
 }
 
@@ -162,6 +168,7 @@ mod tests {
             batch: Some(2),
             image_size: Some(64),
             iters: 1,
+            device: "cpu".into(),
         })
         .unwrap();
         assert_eq!((r.batch, r.image_size), (2, 64));
@@ -175,6 +182,7 @@ mod tests {
                 batch: None,
                 image_size: Some(64),
                 iters: 1,
+                device: "cpu".into(),
             }
         };
         assert!(bench_model(&bad).is_err());

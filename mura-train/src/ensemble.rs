@@ -7,7 +7,7 @@
 //! - `vote`: the share of members that call the image abnormal, each at its own chosen threshold
 //!   (`threshold.json`, or 0.5 without one); abnormal when more than half do;
 //! - `per-part`: each image goes to the member trained on its body part alone, or else to a member
-//!   trained on every part (as the seed reports' per-body-part models did).
+//!   trained on every part (as in the seed reports' per-body-part models).
 //!
 //! The images an ensemble is scored on are those every member that predicts them holds in the same
 //! role of its split, so no member is scored on an image it trained on.
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::io::write_durable;
-use crate::run::{Weights, files, load_threshold};
+use crate::run::{Weights, check_run_dir, files, load_threshold};
 use crate::trained::{TrainedRun, Tta};
 
 /// How the members' predictions are combined.
@@ -260,54 +260,111 @@ impl Ensemble {
         Ok(items)
     }
 
-    fn predict(&self, inputs: &[Input], threads: usize, tta: Tta) -> Result<Vec<f64>, TrainError> {
+    fn predict(
+        &self,
+        inputs: &[Input],
+        threads: usize,
+        tta: Tta,
+    ) -> Result<Probabilities, TrainError> {
         let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path.clone()).collect();
+        let n = self.members.len() as f64;
         match self.def.mode {
-            EnsembleMode::Mean | EnsembleMode::Vote => {
-                let mut sum = vec![0.0; inputs.len()];
+            EnsembleMode::Mean => {
+                let mut sum = Probabilities::zeros(inputs.len());
                 for m in &self.members {
-                    let probs = m.predict_paths(&paths, threads, tta)?;
+                    let raw = m.predict_paths(&paths, threads, tta)?;
+                    sum.add(&raw, |p| m.calibrate(p));
+                }
+                Ok(sum.scaled(1.0 / n))
+            }
+            EnsembleMode::Vote => {
+                // Each member calls at its own threshold, chosen on its calibrated
+                // probabilities: the share of calls has no uncalibrated version.
+                let mut votes = vec![0.0; inputs.len()];
+                for m in &self.members {
+                    let raw = m.predict_paths(&paths, threads, tta)?;
                     let t = m
                         .threshold
                         .map_or(mura_metrics::DEFAULT_THRESHOLD, |t| t.value);
-                    for (s, p) in sum.iter_mut().zip(probs) {
-                        *s += match self.def.mode {
-                            EnsembleMode::Vote => f64::from(u8::from(p > t)),
-                            _ => p,
-                        };
+                    for (v, p) in votes.iter_mut().zip(raw) {
+                        *v += f64::from(u8::from(m.calibrate(p) > t));
                     }
                 }
-                Ok(sum
-                    .into_iter()
-                    .map(|s| s / self.members.len() as f64)
-                    .collect())
+                let share: Vec<f64> = votes.into_iter().map(|v| v / n).collect();
+                Ok(Probabilities {
+                    raw: share.clone(),
+                    calibrated: share,
+                })
             }
-            EnsembleMode::PerPart => {
-                let mut out = vec![f64::NAN; inputs.len()];
-                let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-                for (i, input) in inputs.iter().enumerate() {
-                    let m = self.route(input.body_part).ok_or_else(|| {
-                        config_error(
-                            &input.path,
-                            match input.body_part {
-                                None => "no XR_* folder in its path tells its body part, which a per-part ensemble routes by".into(),
-                                Some(p) => format!("no member of the ensemble is trained on {p} (nor on every part)"),
-                            },
-                        )
-                    })?;
-                    groups.entry(m).or_default().push(i);
-                }
-                for (m, idx) in groups {
-                    let p: Vec<PathBuf> = idx.iter().map(|&i| paths[i].clone()).collect();
-                    for (&i, q) in idx
-                        .iter()
-                        .zip(self.members[m].predict_paths(&p, threads, tta)?)
-                    {
-                        out[i] = q;
-                    }
-                }
-                Ok(out)
+            EnsembleMode::PerPart => self.predict_routed(inputs, &paths, threads, tta),
+        }
+    }
+
+    /// Each input through the member trained on its body part.
+    fn predict_routed(
+        &self,
+        inputs: &[Input],
+        paths: &[PathBuf],
+        threads: usize,
+        tta: Tta,
+    ) -> Result<Probabilities, TrainError> {
+        let mut out = Probabilities {
+            raw: vec![f64::NAN; inputs.len()],
+            calibrated: vec![f64::NAN; inputs.len()],
+        };
+        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, input) in inputs.iter().enumerate() {
+            let m = self.route(input.body_part).ok_or_else(|| {
+                config_error(
+                    &input.path,
+                    match input.body_part {
+                        None => "no XR_* folder in its path tells its body part, which a per-part ensemble routes by".into(),
+                        Some(p) => format!("no member of the ensemble is trained on {p} (nor on every part)"),
+                    },
+                )
+            })?;
+            groups.entry(m).or_default().push(i);
+        }
+        for (m, idx) in groups {
+            let member = &self.members[m];
+            let p: Vec<PathBuf> = idx.iter().map(|&i| paths[i].clone()).collect();
+            for (&i, q) in idx.iter().zip(member.predict_paths(&p, threads, tta)?) {
+                out.raw[i] = q;
+                out.calibrated[i] = member.calibrate(q);
             }
+        }
+        Ok(out)
+    }
+}
+
+/// The probabilities of a set of inputs as the models give them and calibrated (each run's
+/// temperature applied before runs are combined).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probabilities {
+    pub raw: Vec<f64>,
+    pub calibrated: Vec<f64>,
+}
+
+impl Probabilities {
+    fn zeros(n: usize) -> Self {
+        Self {
+            raw: vec![0.0; n],
+            calibrated: vec![0.0; n],
+        }
+    }
+
+    /// Adds one member's raw probabilities and their calibrated values.
+    fn add(&mut self, raw: &[f64], calibrate: impl Fn(f64) -> f64) {
+        for ((r, c), &p) in self.raw.iter_mut().zip(&mut self.calibrated).zip(raw) {
+            *r += p;
+            *c += calibrate(p);
+        }
+    }
+
+    fn scaled(self, k: f64) -> Self {
+        Self {
+            raw: self.raw.into_iter().map(|v| v * k).collect(),
+            calibrated: self.calibrated.into_iter().map(|v| v * k).collect(),
         }
     }
 }
@@ -365,6 +422,7 @@ impl Predictor {
     /// Opens `dir`: an ensemble when it holds `ensemble.toml`, else a run (`weights` then chooses
     /// its checkpoint; an ensemble's members use the checkpoint its definition names).
     pub fn open(dir: &Path, weights: Weights, device: Option<&str>) -> Result<Self, TrainError> {
+        check_run_dir(dir)?;
         if dir.join(files::ENSEMBLE).exists() {
             Ok(Predictor::Ensemble(Ensemble::open(dir, device)?))
         } else {
@@ -441,17 +499,29 @@ impl Predictor {
         }
     }
 
-    /// Probabilities of `inputs`, in their order.
+    /// Calibrated probabilities of `inputs`, in their order.
     pub fn predict(
         &self,
         inputs: &[Input],
         threads: usize,
         tta: Tta,
     ) -> Result<Vec<f64>, TrainError> {
+        Ok(self.predict_both(inputs, threads, tta)?.calibrated)
+    }
+
+    /// Probabilities of `inputs` as the models give them and calibrated, from one pass.
+    pub fn predict_both(
+        &self,
+        inputs: &[Input],
+        threads: usize,
+        tta: Tta,
+    ) -> Result<Probabilities, TrainError> {
         match self {
             Predictor::Run(r) => {
                 let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path.clone()).collect();
-                r.predict_paths(&paths, threads, tta)
+                let raw = r.predict_paths(&paths, threads, tta)?;
+                let calibrated = raw.iter().map(|&p| r.calibrate(p)).collect();
+                Ok(Probabilities { raw, calibrated })
             }
             Predictor::Ensemble(e) => e.predict(inputs, threads, tta),
         }

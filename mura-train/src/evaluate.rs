@@ -8,8 +8,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use mura_data::{BodyPart, ImageRecord, Role};
-use mura_metrics::{BinaryReport, BootstrapConfig, Criterion, Interval, MetricsError, Threshold};
+use mura_data::{BodyPart, ImageRecord, PatientKey, Role};
+use mura_metrics::{
+    BinaryReport, Binning, BootstrapConfig, Criterion, Interval, MetricsError, ReliabilityBin,
+    Threshold,
+};
 use serde::Serialize;
 
 use crate::TrainError;
@@ -87,10 +90,51 @@ pub struct Evaluation {
     /// The threshold chosen on validation, and the figures at it.
     pub threshold: Option<Threshold>,
     pub at_threshold: Option<AtThreshold>,
+    /// How well the probabilities are calibrated, before and after the run's temperature.
+    pub calibration: CalibrationReport,
     #[serde(skip)]
     pub image_predictions: Vec<ImagePrediction>,
     #[serde(skip)]
     pub study_predictions: Vec<StudyPrediction>,
+}
+
+/// Calibration of the probabilities at image and study level.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationReport {
+    /// The temperature the probabilities were rescaled by; none for a run without one (and for
+    /// an ensemble, whose members each apply their own).
+    pub temperature: Option<f64>,
+    pub studies: CalibrationLevel,
+    pub images: CalibrationLevel,
+}
+
+/// The Brier score and calibration errors of one level, after the run's temperature and before.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationLevel {
+    pub brier: f64,
+    pub brier_before: f64,
+    /// Expected calibration error over 10 equal-width bins.
+    pub ece: f64,
+    pub ece_before: f64,
+    /// Maximum calibration error over the same bins.
+    pub mce: f64,
+    /// The reliability diagram of the calibrated probabilities (10 equal-width bins).
+    pub reliability: Vec<ReliabilityBin>,
+}
+
+impl CalibrationLevel {
+    fn of(labels: &[bool], calibrated: &[f64], raw: &[f64]) -> Result<Self, TrainError> {
+        let bins = |p: &[f64]| mura_metrics::calibration_error(labels, p, 10, Binning::EqualWidth);
+        let (after, before) = (bins(calibrated)?, bins(raw)?);
+        Ok(Self {
+            brier: mura_metrics::brier_score(labels, calibrated)?,
+            brier_before: mura_metrics::brier_score(labels, raw)?,
+            ece: after.expected,
+            ece_before: before.expected,
+            mce: after.maximum,
+            reliability: mura_metrics::reliability(labels, calibrated, 10, Binning::EqualWidth)?,
+        })
+    }
 }
 
 /// Scores at the chosen threshold (no intervals).
@@ -104,9 +148,10 @@ pub struct AtThreshold {
 
 type Metric = fn(&[bool], &[f64]) -> Result<Option<f64>, MetricsError>;
 
-fn scored(
+fn scored<K: Ord>(
     labels: &[bool],
     probs: &[f64],
+    clusters: &[K],
     seed: u64,
     resamples: usize,
 ) -> Result<Scored, TrainError> {
@@ -141,7 +186,7 @@ fn scored(
             seed,
         };
         for (name, f) in metrics {
-            if let Some(i) = mura_metrics::bootstrap_ci(labels, probs, cfg, f)? {
+            if let Some(i) = mura_metrics::cluster_bootstrap_ci(labels, probs, clusters, cfg, f)? {
                 intervals.insert(name, i);
             }
         }
@@ -149,17 +194,29 @@ fn scored(
     Ok(Scored { report, intervals })
 }
 
-fn level(
+/// Scores overall and per body part, with intervals that resample whole clusters (`clusters[i]`
+/// is sample `i`'s: its study for images, its patient for studies).
+fn level<K: Ord + Clone>(
     parts: &[BodyPart],
     labels: &[bool],
     probs: &[f64],
+    clusters: &[K],
     seed: u64,
     resamples: usize,
 ) -> Result<Level, TrainError> {
-    let overall = scored(labels, probs, seed, resamples)?;
-    let body_parts = per_part(parts, labels, probs, |part, l, p| {
-        scored(l, p, seed ^ part.index() as u64, resamples)
-    })?;
+    let overall = scored(labels, probs, clusters, seed, resamples)?;
+    let mut body_parts = BTreeMap::new();
+    for part in BodyPart::ALL {
+        let idx: Vec<usize> = (0..parts.len()).filter(|&i| parts[i] == part).collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let l: Vec<bool> = idx.iter().map(|&i| labels[i]).collect();
+        let p: Vec<f64> = idx.iter().map(|&i| probs[i]).collect();
+        let c: Vec<K> = idx.iter().map(|&i| clusters[i].clone()).collect();
+        let s = scored(&l, &p, &c, seed ^ part.index() as u64, resamples)?;
+        body_parts.insert(part.short().to_string(), s);
+    }
     Ok(Level {
         overall,
         body_parts,
@@ -216,7 +273,7 @@ impl Default for EvaluateOptions {
 pub fn evaluate(dir: &Path, options: EvaluateOptions) -> Result<Evaluation, TrainError> {
     let predictor = Predictor::open(dir, options.weights, None)?;
     let items = predictor.records(options.role)?;
-    let probs = predictor.predict(&inputs(&items), options.threads, options.tta)?;
+    let probs = predictor.predict_both(&inputs(&items), options.threads, options.tta)?;
     let threshold = match predictor.threshold() {
         Some(t) => Some(t),
         None => choose_threshold(&predictor, predictor.criterion(), options.threads)?,
@@ -226,7 +283,23 @@ pub fn evaluate(dir: &Path, options: EvaluateOptions) -> Result<Evaluation, Trai
         ..options
     };
     let records: Vec<ImageRecord> = items.into_iter().map(|i| i.record).collect();
-    let ev = score(&records, &probs, options, predictor.seed(), threshold)?;
+    let mut ev = score(
+        &records,
+        &probs.calibrated,
+        options,
+        predictor.seed(),
+        threshold,
+    )?;
+    ev.calibration.temperature = match &predictor {
+        Predictor::Run(r) => r.calibration.map(|c| c.temperature.temperature),
+        Predictor::Ensemble(_) => None,
+    };
+    let raw_studies = study_probabilities(&records, &probs.raw)?;
+    let labels: Vec<bool> = records.iter().map(|r| r.label).collect();
+    let s_labels: Vec<bool> = ev.study_predictions.iter().map(|s| s.label).collect();
+    let s_probs: Vec<f64> = ev.study_predictions.iter().map(|s| s.probability).collect();
+    ev.calibration.images = CalibrationLevel::of(&labels, &probs.calibrated, &probs.raw)?;
+    ev.calibration.studies = CalibrationLevel::of(&s_labels, &s_probs, &raw_studies)?;
     write_predictions(dir, &ev)?;
     let metrics_path = dir.join(files::METRICS);
     let mut metrics: serde_json::Value = std::fs::read_to_string(&metrics_path)
@@ -258,18 +331,18 @@ pub fn score(
 ) -> Result<Evaluation, TrainError> {
     let labels: Vec<bool> = records.iter().map(|r| r.label).collect();
     let parts: Vec<BodyPart> = records.iter().map(|r| r.body_part).collect();
-    let images = level(&parts, &labels, probs, seed, options.resamples)?;
     let keys: Vec<String> = records.iter().map(|r| r.study_key().to_string()).collect();
+    let images = level(&parts, &labels, probs, &keys, seed, options.resamples)?;
     let studies = mura_metrics::aggregate_studies(&keys, &labels, probs)?;
-    let part_of: BTreeMap<&str, BodyPart> = records
+    let part_of: BTreeMap<&str, (BodyPart, PatientKey)> = records
         .iter()
-        .map(|r| (r.study_key(), r.body_part))
+        .map(|r| (r.study_key(), (r.body_part, r.patient_key())))
         .collect();
     let study_predictions: Vec<StudyPrediction> = studies
         .iter()
         .map(|s| StudyPrediction {
             study: s.study.clone(),
-            body_part: part_of[s.study.as_str()],
+            body_part: part_of[s.study.as_str()].0,
             label: s.label,
             probability: s.probability,
             images: s.images,
@@ -278,13 +351,23 @@ pub fn score(
     let s_labels: Vec<bool> = study_predictions.iter().map(|s| s.label).collect();
     let s_probs: Vec<f64> = study_predictions.iter().map(|s| s.probability).collect();
     let s_parts: Vec<BodyPart> = study_predictions.iter().map(|s| s.body_part).collect();
+    let patients: Vec<PatientKey> = study_predictions
+        .iter()
+        .map(|s| part_of[s.study.as_str()].1)
+        .collect();
     let study_level = level(
         &s_parts,
         &s_labels,
         &s_probs,
+        &patients,
         seed ^ 0x5757,
         options.resamples,
     )?;
+    let calibration = CalibrationReport {
+        temperature: None,
+        studies: CalibrationLevel::of(&s_labels, &s_probs, &s_probs)?,
+        images: CalibrationLevel::of(&labels, probs, probs)?,
+    };
     let at_threshold = match threshold {
         Some(t) => {
             let study_body_parts = per_part(&s_parts, &s_labels, &s_probs, |_, l, p| {
@@ -306,6 +389,7 @@ pub fn score(
         studies: study_level,
         threshold,
         at_threshold,
+        calibration,
         image_predictions: records
             .iter()
             .zip(probs)
@@ -319,6 +403,14 @@ pub fn score(
             .collect(),
         study_predictions,
     })
+}
+
+/// The mean probability of each study of `records`, in the order `aggregate_studies` gives.
+fn study_probabilities(records: &[ImageRecord], probs: &[f64]) -> Result<Vec<f64>, TrainError> {
+    let keys: Vec<&str> = records.iter().map(|r| r.study_key()).collect();
+    let labels: Vec<bool> = records.iter().map(|r| r.label).collect();
+    let studies = mura_metrics::aggregate_studies(&keys, &labels, probs)?;
+    Ok(studies.iter().map(|s| s.probability).collect())
 }
 
 /// Writes `predictions.csv` (`path,study,body_part,label,probability`) and

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod cache;
+pub mod compare;
 pub mod config;
 pub mod cv;
 pub mod demo;
@@ -87,6 +88,16 @@ pub enum TrainError {
     Input {
         path: std::path::PathBuf,
         reason: String,
+    },
+    #[error(
+        "{} is not a run or ensemble directory (it has no config.toml or ensemble.toml){}",
+        path.display(),
+        below.as_ref().map(|b| format!("; the run directory in it is {}", b.display())).unwrap_or_default()
+    )]
+    NotARun {
+        path: std::path::PathBuf,
+        /// The one run or ensemble directory directly inside `path`, when there is exactly one.
+        below: Option<std::path::PathBuf>,
     },
     #[error("device `{spec}`: {reason}")]
     Device { spec: String, reason: String },

@@ -17,7 +17,7 @@ use mura_data::rng::derive_seed;
 use mura_data::{
     BodyPart, ClassWeights, ImageRecord, IndexOptions, LoaderConfig, Manifest, Role, SplitConfig,
 };
-use mura_metrics::Threshold;
+use mura_metrics::{Temperature, Threshold};
 use mura_models::{Model, hub};
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +37,7 @@ pub mod files {
     pub const METRICS: &str = "metrics.json";
     pub const CURVES: &str = "curves.png";
     pub const THRESHOLD: &str = "threshold.json";
+    pub const CALIBRATION: &str = "calibration.json";
     /// Marks an ensemble directory (instead of `config.toml`).
     pub const ENSEMBLE: &str = "ensemble.toml";
 }
@@ -251,6 +252,63 @@ pub fn init_run_dir(config: &RunConfig, dir: &Path) -> Result<(), TrainError> {
         p.weights = abs;
     }
     write_durable(&dir.join(files::CONFIG), resolved.to_toml()?.as_bytes())
+}
+
+/// A run's calibration: the temperature fitted on its validation images, and their expected
+/// calibration error (10 equal-width bins) before and after it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    #[serde(flatten)]
+    pub temperature: Temperature,
+    pub images: usize,
+    pub ece_before: f64,
+    pub ece_after: f64,
+}
+
+/// The stored calibration of a run, if one was fitted.
+pub fn load_calibration(dir: &Path) -> Result<Option<Calibration>, TrainError> {
+    read_json(&dir.join(files::CALIBRATION))
+}
+
+/// Stores (or, with `None`, removes) the calibration of a run.
+pub fn store_calibration(dir: &Path, c: Option<&Calibration>) -> Result<(), TrainError> {
+    let path = dir.join(files::CALIBRATION);
+    match c {
+        Some(c) => write_json(&path, c),
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TrainError::Unwritable {
+                path,
+                reason: e.to_string(),
+            }),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Whether `dir` holds a run (`config.toml`) or an ensemble (`ensemble.toml`).
+pub fn is_run_dir(dir: &Path) -> bool {
+    dir.join(files::CONFIG).is_file() || dir.join(files::ENSEMBLE).is_file()
+}
+
+/// `Ok` when `dir` is a run or ensemble directory; otherwise an error that names, when there is
+/// exactly one, the run directory inside it (`--out runs` given where `runs/<name>` was meant).
+pub fn check_run_dir(dir: &Path) -> Result<(), TrainError> {
+    if is_run_dir(dir) {
+        return Ok(());
+    }
+    let mut runs = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && is_run_dir(p));
+    let below = match (runs.next(), runs.next()) {
+        (Some(only), None) => Some(only),
+        _ => None,
+    };
+    Err(TrainError::NotARun {
+        path: dir.to_path_buf(),
+        below,
+    })
 }
 
 /// The config of the run in `dir` to resume: its `config.toml`, when it has a

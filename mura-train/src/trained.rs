@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::config::RunConfig;
 use crate::epoch::{Example, batches, predict};
-use crate::run::{Weights, device, files, load_threshold, loader, pipelines};
+use crate::run::{
+    Calibration, Weights, check_run_dir, device, files, load_calibration, load_threshold, loader,
+    pipelines,
+};
 use crate::state::OPTIM_PREFIX;
 
 /// Test-time augmentation: each image is predicted through several views and the probabilities
@@ -96,6 +99,9 @@ pub struct TrainedRun {
     pub threshold: Option<Threshold>,
     /// The checkpoint loaded: `Best` or `Last`.
     pub weights: Weights,
+    /// The temperature its probabilities are rescaled by (`calibration.json`), when one was
+    /// fitted and the run calibrates.
+    pub calibration: Option<Calibration>,
 }
 
 impl std::fmt::Debug for TrainedRun {
@@ -114,6 +120,7 @@ impl TrainedRun {
         weights: Weights,
         device_spec: Option<&str>,
     ) -> Result<Self, TrainError> {
+        check_run_dir(dir)?;
         let config = RunConfig::load(&dir.join(files::CONFIG))?;
         let dev = device(device_spec.unwrap_or(&config.device))?;
         let (model, varmap) = Model::with_seed(&config.model, config.seed, &dev)?;
@@ -136,9 +143,14 @@ impl TrainedRun {
         // A trained run only predicts: no autograd graph, BatchNorm folded where it can be (see
         // `Model::for_inference`).
         let model = model.for_inference(&varmap)?;
+        let calibration = match config.train.calibrate {
+            true => load_calibration(dir)?,
+            false => None,
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             threshold: load_threshold(dir)?,
+            calibration,
             weights: weights.resolve(&config),
             config,
             model,
@@ -147,7 +159,16 @@ impl TrainedRun {
         })
     }
 
-    /// Eval-mode probabilities of `paths`, in their order, averaged over the views of `tta`.
+    /// `p` calibrated: rescaled by the run's temperature, or as it is without one.
+    pub fn calibrate(&self, p: f64) -> f64 {
+        match &self.calibration {
+            Some(c) => mura_metrics::apply_temperature(p, c.temperature.temperature),
+            None => p,
+        }
+    }
+
+    /// Eval-mode probabilities of `paths` as the model gives them (before calibration), in
+    /// their order, averaged over the views of `tta`.
     pub fn predict_paths(
         &self,
         paths: &[PathBuf],

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use mura_train::compare::CompareOptions;
 use mura_train::ensemble::EnsembleMode;
 
-use super::{CriterionArg, OutputArgs, WeightsArg};
+use super::{CriterionArg, OutputArgs, SplitArg, WeightsArg};
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
@@ -98,4 +99,36 @@ pub struct ThresholdArgs {
     pub criterion: CriterionArg,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The first run or ensemble directory.
+    pub a: PathBuf,
+    /// The second, trained on the same split.
+    pub b: PathBuf,
+    /// Which part of the split to compare on: test (the official valid set) or val.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    pub split: SplitArg,
+    #[arg(long, value_enum, default_value_t = WeightsArg::Final)]
+    pub weights: WeightsArg,
+    /// Bootstrap resamples of the kappa and accuracy differences.
+    #[arg(long, default_value_t = 2000)]
+    pub bootstrap: usize,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl CompareArgs {
+    pub fn options(&self) -> CompareOptions {
+        CompareOptions {
+            role: self.split.role(),
+            weights: self.weights.into(),
+            resamples: self.bootstrap,
+            threads: self.threads,
+        }
+    }
 }

@@ -13,10 +13,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use mura_data::{IndexOptions, Indexed};
 use mura_train::{Tta, Weights};
 
-pub use compare::{CvArgs, EnsembleArgs, ExplainArgs, ReportArgs, ThresholdArgs};
+pub use compare::{CompareArgs, CvArgs, EnsembleArgs, ExplainArgs, ReportArgs, ThresholdArgs};
 pub use data::{CheckArgs, PreviewArgs, SplitArgs, StatsArgs, SynthArgs};
 pub use model::{BenchCommand, BenchModelArgs, BenchPipelineArgs, ModeArg, ModelArgs};
-pub use train::{DemoArgs, EvaluateArgs, PredictArgs, TrainArgs};
+pub use train::{DemoArgs, EvaluateArgs, PredictArgs, SplitArg, TrainArgs};
 
 /// mura: train, evaluate and explain abnormality classifiers for musculoskeletal radiographs (MURA).
 #[derive(Debug, Parser)]
@@ -72,6 +72,10 @@ pub enum Command {
     /// K-fold cross-validation on patient-grouped stratified folds: K runs, each metric as
     /// mean ± std over the folds.
     Cv(CvArgs),
+    /// Is run A better than run B? On the studies both score: DeLong's test of the study-level
+    /// AUCs, and paired bootstrap intervals (resampling patients) of the kappa and accuracy
+    /// differences, overall and per body part.
+    Compare(CompareArgs),
     /// Choose (again) a run's decision threshold on its validation studies: maximum kappa or
     /// Youden's J; stored in threshold.json.
     Threshold(ThresholdArgs),

@@ -24,7 +24,8 @@ pub struct ModelArgs {
     /// Head of a zoo backbone.
     #[arg(long, value_enum, default_value_t = HeadArg::Linear)]
     pub head: HeadArg,
-    /// Freeze the stages before this one (`features.denseblock4`, `layer4`, `Mixed_7a`) in the summary.
+    /// Freeze the stages before this one (`features.denseblock4`, `layer4`, `Mixed_7a`) in the
+    /// summary.
     #[arg(long)]
     pub trainable_from: Option<String>,
     /// Print the layer table: output shapes, parameters, MACs and GFLOPs.
@@ -69,11 +70,11 @@ impl ModelArgs {
 pub enum HeadArg {
     /// Global average pooling and one dense layer (timm's head).
     Linear,
-    /// Seed 000's MLP: 512 → 512, dropout 0.25.
+    /// The seed-000 report's MLP (docs/recipes.md): 512 → 512, dropout 0.25.
     MlpSeed000,
-    /// Seed 003's MLP: 1024 → 512, dropout 0.5.
+    /// The seed-003 report's MLP: 1024 → 512, dropout 0.5.
     MlpSeed003,
-    /// Seed 002's add-gate head on global max pooling.
+    /// The seed-002 report's add-gate head on global max pooling.
     AddGate,
 }
 
@@ -122,6 +123,9 @@ pub struct BenchModelArgs {
     /// Timed steps after 2 warm-up steps; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
+    /// `cpu` or `cuda:N` (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -93,6 +93,15 @@ pub enum SplitArg {
     Val,
 }
 
+impl SplitArg {
+    pub fn role(self) -> Role {
+        match self {
+            SplitArg::Test => Role::Test,
+            SplitArg::Val => Role::Val,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
     /// A run directory, or an ensemble directory (`mura ensemble`).
@@ -117,10 +126,7 @@ pub struct EvaluateArgs {
 impl EvaluateArgs {
     pub fn options(&self) -> EvaluateOptions {
         EvaluateOptions {
-            role: match self.split {
-                SplitArg::Test => Role::Test,
-                SplitArg::Val => Role::Val,
-            },
+            role: self.split.role(),
             weights: self.weights.into(),
             resamples: self.bootstrap,
             threads: self.threads,

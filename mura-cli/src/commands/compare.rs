@@ -8,8 +8,8 @@ use mura_train::explain::explain_images;
 use mura_train::report::ReportOptions;
 use mura_train::{RunConfig, TrainedRun, Weights};
 
-use crate::args::{CvArgs, EnsembleArgs, ExplainArgs, ReportArgs, ThresholdArgs};
-use crate::output::{Progress, interruptible};
+use crate::args::{CompareArgs, CvArgs, EnsembleArgs, ExplainArgs, ReportArgs, ThresholdArgs};
+use crate::output::{Progress, comparison_table, interruptible};
 
 pub fn explain(a: &ExplainArgs) -> Result<()> {
     let run = TrainedRun::open(&a.run, a.weights.into(), None)?;
@@ -106,6 +106,16 @@ pub fn threshold(a: &ThresholdArgs) -> Result<()> {
             "{}: the validation studies admit no threshold (one class, or one distinct probability)",
             a.run.display()
         ),
+    }
+    Ok(())
+}
+
+pub fn compare(a: &CompareArgs) -> Result<()> {
+    let c = mura_train::compare::compare(&a.a, &a.b, a.options())?;
+    if a.json {
+        println!("{}", serde_json::to_string(&c)?);
+    } else {
+        print!("{}", comparison_table(&c));
     }
     Ok(())
 }

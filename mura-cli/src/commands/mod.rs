@@ -29,5 +29,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ensemble(a) => compare::ensemble(&a),
         Command::Cv(a) => compare::cv(&a),
         Command::Threshold(a) => compare::threshold(&a),
+        Command::Compare(a) => compare::compare(&a),
     }
 }

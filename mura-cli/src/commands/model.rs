@@ -118,13 +118,15 @@ pub fn bench_model(a: &BenchModelArgs) -> Result<()> {
         batch: a.batch,
         image_size: a.image_size,
         iters: a.iters,
+        device: a.device.clone(),
     })?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} {} {} b{} @{}: {:.2} img/s ({:.2} s/step), peak RSS {}",
+            "{} ({} kernels) {} {} b{} @{}: {:.2} img/s ({:.2} s/step), peak RSS {}",
             r.implementation,
+            r.kernels,
             r.arch,
             r.mode.as_str(),
             r.batch,

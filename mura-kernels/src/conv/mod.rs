@@ -29,7 +29,8 @@ mod weight_grad;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use crate::{per_image_parallel, with_scratch};
+use crate::route::fast;
+use crate::{generic, per_image_parallel, with_scratch};
 use op::Conv2dOp;
 
 /// Stride, zero padding and dilation of a convolution, each (height, width).
@@ -70,23 +71,15 @@ pub(crate) fn valid(offset: isize, stride: usize, size: usize, out: usize) -> (u
 }
 
 /// The convolution of N×C×H×W `x` with an O×C×kh×kw `weight`, plus an optional per-channel
-/// `bias` added in the same pass, as a custom op with its backward. f32 on CPU only;
-/// [`crate::layers::Conv`] falls back to candle elsewhere.
+/// `bias`, differentiable in all three: this crate's kernels for f32 on the CPU (bias added in
+/// the same pass), the generic path elsewhere ([`crate::Kernels`]).
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     params: Conv2dParams,
 ) -> candle_core::Result<Tensor> {
-    apply(
-        x,
-        weight,
-        bias,
-        Conv2dOp {
-            params,
-            relu: false,
-        },
-    )
+    routed(x, weight, bias, params, false)
 }
 
 /// [`conv2d`] followed by ReLU in the same pass over the output (its backward masks the gradient
@@ -97,15 +90,32 @@ pub fn conv2d_relu(
     bias: Option<&Tensor>,
     params: Conv2dParams,
 ) -> candle_core::Result<Tensor> {
-    apply(x, weight, bias, Conv2dOp { params, relu: true })
+    routed(x, weight, bias, params, true)
 }
 
-fn apply(
+fn routed(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    op: Conv2dOp,
+    params: Conv2dParams,
+    relu: bool,
 ) -> candle_core::Result<Tensor> {
+    if fast(x) && fast(weight) {
+        cpu_conv2d(x, weight, bias, params, relu)
+    } else {
+        generic::conv2d(x, weight, bias, params, relu)
+    }
+}
+
+/// The CPU kernels' convolution (f32 tensors in CPU memory only), whatever the routing says.
+pub(crate) fn cpu_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    params: Conv2dParams,
+    relu: bool,
+) -> candle_core::Result<Tensor> {
+    let op = Conv2dOp { params, relu };
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
         None => x.apply_op2(&weight, op),
@@ -165,6 +175,25 @@ mod tests {
     use candle_core::{D, DType, Device, Var};
 
     use crate::testing::rand_vec;
+
+    // These tests are of the CPU kernels, whatever `MURA_KERNELS` says.
+    fn conv2d(
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        p: Conv2dParams,
+    ) -> candle_core::Result<Tensor> {
+        cpu_conv2d(x, w, b, p, false)
+    }
+
+    fn conv2d_relu(
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        p: Conv2dParams,
+    ) -> candle_core::Result<Tensor> {
+        cpu_conv2d(x, w, b, p, true)
+    }
 
     /// Direct convolution in f64: (y, dx, dw) for a given output gradient.
     #[allow(clippy::type_complexity)]

@@ -16,8 +16,9 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use crate::gemm::fresh;
+use crate::route::fast;
 use crate::simd::vectorised;
-use crate::{Images, f32_slice};
+use crate::{Images, f32_slice, generic};
 
 use backward::BnBackward;
 pub(crate) use backward::Grads;
@@ -106,7 +107,8 @@ fn scale_shift(
 }
 
 /// Training-mode batch norm: returns `(y, batch mean, biased batch variance)`; y carries the
-/// gradient to x, γ and β, the statistics none (they are for the running averages).
+/// gradient to x, γ and β, the statistics none (they are for the running averages). The CPU
+/// kernels for f32 on the CPU, the generic path elsewhere ([`crate::Kernels`]).
 pub fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
@@ -114,10 +116,13 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    if !fast(x) {
+        return generic::batch_norm_train(x, gamma, beta, eps, relu);
+    }
     let (_, c, _, _) = x.dims4()?;
     let x = x.contiguous()?;
     // One op computes the statistics and normalises with them, channel by channel while the
-    // channel's planes are in cache (as two ops, x was read from memory twice). Its output is
+    // channel's planes are in cache (as two ops, x would be read from memory twice). Its output is
     // y alone, so the backward needs no narrowing (candle's backward of a narrow pads the
     // gradient with zeros and copies it whole); the statistics come back through `stats`.
     let stats = Arc::new(OnceLock::new());
@@ -155,6 +160,10 @@ pub fn batch_norm_eval(
     eps: f64,
     relu: bool,
 ) -> candle_core::Result<Tensor> {
+    if !fast(x) {
+        let running = (running_mean, running_var);
+        return generic::batch_norm_eval(x, gamma, beta, running, eps, relu);
+    }
     let scale = gamma.div(&(running_var + eps)?.sqrt()?)?;
     let shift = (beta - running_mean.mul(&scale)?)?;
     let ss = Tensor::cat(&[&scale, &shift], 0)?;
@@ -365,6 +374,10 @@ mod tests {
     /// values in f32): the variance is within 1% of the f64 one.
     #[test]
     fn variance_survives_a_large_mean() {
+        crate::with_generic(false, variance_survives_a_large_mean_on_the_cpu_kernels)
+    }
+
+    fn variance_survives_a_large_mean_on_the_cpu_kernels() {
         let dev = Device::Cpu;
         let v = rand_vec(2 * 1500, 5, -0.0173, 0.0173);
         let xv: Vec<f32> = v.iter().map(|d| 1000.0 + d).collect();

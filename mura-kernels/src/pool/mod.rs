@@ -2,16 +2,18 @@
 //! backward, parallel over the N×C planes.
 //!
 //! candle 0.11.1's own pooling cannot train our zoo: its backward refuses kernel ≠ stride (the
-//! 3×3/stride-2 stems of ResNet and DenseNet, Inception's pools), it has no padding, and its max-pool
-//! backward scales the gradient by (number of maxima)/(window area) instead of routing it to the
-//! maximum. These follow PyTorch: `max_pool2d` sends each output's gradient to the first maximum of
-//! its window (padding counts as -∞); `avg_pool2d` divides by the window area (`count_include_pad`,
-//! PyTorch's default) or by the number of real elements.
+//! 3×3/stride-2 stems of ResNet and DenseNet, Inception's pools), it has no padding, and its
+//! max-pool backward scales the gradient by (number of maxima)/(window area) instead of routing
+//! it to the maximum. These follow PyTorch: `max_pool2d` sends each output's gradient to the
+//! first maximum of its window (padding counts as -∞); `avg_pool2d` divides by the window area
+//! (`count_include_pad`, PyTorch's default) or by the number of real elements.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 mod backward;
 mod forward;
+
+use crate::route::fast;
 
 /// Max or average.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +87,11 @@ impl Pool2d {
 
     /// Applies the pooling to an N×C×H×W tensor (made contiguous if needed).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.contiguous()?.apply_op1(*self)
+        if fast(x) {
+            x.contiguous()?.apply_op1(*self)
+        } else {
+            crate::generic::pool2d(self, x)
+        }
     }
 
     /// The window of output position (oy, ox): rows and columns of the input, clipped to the image,
@@ -140,7 +146,7 @@ impl Pool2d {
 #[inline(always)]
 fn deinterleave(row: &[f32], stride: usize, phase_len: usize, phases: &mut [f32]) {
     if stride == 2 {
-        // The pairs loop vectorises with shuffles; `step_by` went element by element.
+        // The pairs loop vectorises with shuffles; `step_by` goes element by element.
         let (even, odd) = phases.split_at_mut(phase_len);
         let pairs = row.chunks_exact(2);
         if let Some(&last) = pairs.remainder().first() {
@@ -416,6 +422,10 @@ mod tests {
 
     #[test]
     fn shapes_and_bad_inputs() {
+        crate::with_generic(false, shapes_and_bad_inputs_on_the_cpu_kernels)
+    }
+
+    fn shapes_and_bad_inputs_on_the_cpu_kernels() {
         let dev = Device::Cpu;
         let x = Tensor::zeros((1, 2, 112, 112), DType::F32, &dev).unwrap();
         assert_eq!(

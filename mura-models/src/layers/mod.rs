@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::sync::Mutex;
 
-use candle_core::{D, DType, Module, ModuleT, Tensor};
+use candle_core::{D, Module, ModuleT, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use mura_kernels::{self as kernels, Conv2dParams};
@@ -171,69 +171,28 @@ impl Conv {
 
 impl Module for Conv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (ph, pw) = self.padding;
-        let (_, c_in, kh, kw) = self.weight.dims4()?;
-        let (_, _, h, w) = x.dims4()?;
         let (s, d) = (self.stride, self.dilation);
-        // Rows (columns) of the padded input the windows reach, and whether some are left over.
-        let reach = |size: usize, p: usize, k: usize| -> candle_core::Result<(usize, bool)> {
-            let span = d * (k - 1) + 1;
-            if size + 2 * p < span {
-                candle_core::bail!(
-                    "input {size} (padding {p}) is smaller than the kernel span {span}"
-                )
-            }
-            let out = (size + 2 * p - span) / s + 1;
-            let used = (out - 1) * s + span;
-            Ok((used, used != size + 2 * p))
+        let params = Conv2dParams {
+            stride: (s, s),
+            padding: self.padding,
+            dilation: (d, d),
         };
-        if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
-            let params = Conv2dParams {
-                stride: (s, s),
-                padding: (ph, pw),
-                dilation: (d, d),
-            };
-            let y = if self.relu {
-                kernels::conv2d_relu(x, &self.weight, self.bias.as_ref(), params)?
-            } else {
-                kernels::conv2d(x, &self.weight, self.bias.as_ref(), params)?
-            };
-            add_macs((y.elem_count() * c_in * kh * kw) as u64);
-            return Ok(y);
-        }
-        let (used_h, rest_h) = reach(h, ph, kh)?;
-        let (used_w, rest_w) = reach(w, pw, kw)?;
-        // candle 0.11.1's conv2d backward derives one output padding from the height and applies it
-        // to both axes, which breaks (shape error or wrong gradient) when the strided windows leave
-        // different remainders. Padding by hand and cutting the unread rows and columns makes both
-        // remainders zero; the forward result is the same.
-        let y = if ph == pw && !rest_h && !rest_w {
-            x.conv2d(&self.weight, ph, s, d, 1)?
+        let bias = self.bias.as_ref();
+        let y = if self.relu {
+            kernels::conv2d_relu(x, &self.weight, bias, params)?
         } else {
-            let x = x
-                .pad_with_zeros(D::Minus2, ph, ph)?
-                .pad_with_zeros(D::Minus1, pw, pw)?
-                .narrow(2, 0, used_h)?
-                .narrow(3, 0, used_w)?;
-            x.conv2d(&self.weight, 0, s, d, 1)?
+            kernels::conv2d(x, &self.weight, bias, params)?
         };
+        let (_, c_in, kh, kw) = self.weight.dims4()?;
         add_macs((y.elem_count() * c_in * kh * kw) as u64);
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
-            None => y,
-        };
-        if self.relu { y.relu() } else { Ok(y) }
+        Ok(y)
     }
 }
 
-/// relu(a + b): a residual block's output. On CPU in f32 one fused pass each way
-/// ([`kernels::add_relu`]); elsewhere candle's add and ReLU.
+/// relu(a + b): a residual block's output ([`kernels::add_relu`]: one fused pass each way on the
+/// CPU in f32).
 pub fn add_relu(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    if a.device().is_cpu() && a.dtype() == DType::F32 && b.dtype() == DType::F32 {
-        kernels::add_relu(a, b)
-    } else {
-        (a + b)?.relu()
-    }
+    kernels::add_relu(a, b)
 }
 
 /// A dense layer that counts its multiply-accumulates.

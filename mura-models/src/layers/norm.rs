@@ -2,16 +2,16 @@
 //! kernels of mura-kernels in f32 on the CPU, candle-nn's BatchNorm elsewhere, and folding into
 //! the preceding convolution for inference.
 
-use candle_core::{DType, ModuleT, Tensor, Var};
+use candle_core::{ModuleT, Tensor, Var};
 use candle_nn::VarBuilder;
 use mura_kernels as kernels;
 
 use super::Conv;
 
 /// BatchNorm over the channels of N×C×H×W maps, with PyTorch's names (`weight`, `bias`,
-/// `running_mean`, `running_var`) and momentum 0.1 (running variance unbiased, as PyTorch). On CPU
-/// in f32 it runs the fused single-pass kernels of [`crate::kernels`] (with the following ReLU
-/// fused by [`BatchNorm::forward_act`]); elsewhere candle-nn's BatchNorm.
+/// `running_mean`, `running_var`) and momentum 0.1 (running variance unbiased, as PyTorch), on
+/// [`mura_kernels::batch_norm_train`] and [`mura_kernels::batch_norm_eval`] (with the following
+/// ReLU fused by [`BatchNorm::forward_act`]).
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
     weight: Tensor,
@@ -19,7 +19,6 @@ pub struct BatchNorm {
     running_mean: Var,
     running_var: Var,
     eps: f64,
-    fallback: candle_nn::BatchNorm,
     /// Folded into the preceding convolution by [`BatchNorm::fold_into`], with (`Some(true)`) or
     /// without the ReLU that follows it.
     folded: Option<bool>,
@@ -27,7 +26,8 @@ pub struct BatchNorm {
 
 const BN_MOMENTUM: f64 = 0.1;
 
-/// A BatchNorm of `c` channels under `vb` (scale 1, shift 0, running mean 0 and variance 1 when new).
+/// A BatchNorm of `c` channels under `vb` (scale 1, shift 0, running mean 0 and variance 1 when
+/// new).
 pub fn batch_norm(c: usize, eps: f64, vb: VarBuilder<'_>) -> candle_core::Result<BatchNorm> {
     if eps.is_nan() || eps < 0.0 {
         candle_core::bail!("batch norm eps must be a non-negative number, got {eps}")
@@ -38,23 +38,12 @@ pub fn batch_norm(c: usize, eps: f64, vb: VarBuilder<'_>) -> candle_core::Result
         Var::from_tensor(&vb.get_with_hints(c, "running_var", candle_nn::Init::Const(1.))?)?;
     let weight = vb.get_with_hints(c, "weight", candle_nn::Init::Const(1.))?;
     let bias = vb.get_with_hints(c, "bias", candle_nn::Init::Const(0.))?;
-    // Shares the running statistics (they are variables, so no copy is made).
-    let fallback = candle_nn::BatchNorm::new_with_momentum(
-        c,
-        running_mean.as_tensor().clone(),
-        running_var.as_tensor().clone(),
-        weight.clone(),
-        bias.clone(),
-        eps,
-        BN_MOMENTUM,
-    )?;
     Ok(BatchNorm {
         weight,
         bias,
         running_mean,
         running_var,
         eps,
-        fallback,
         folded: None,
     })
 }
@@ -131,10 +120,6 @@ impl BatchNorm {
                 }
                 _ => Ok(x.clone()),
             };
-        }
-        if !(x.device().is_cpu() && x.dtype() == DType::F32 && x.rank() == 4) {
-            let y = self.fallback.forward_t(x, train)?;
-            return if relu { y.relu() } else { Ok(y) };
         }
         if !train {
             // Running statistics never take a gradient: detached, they add nothing to a graph.

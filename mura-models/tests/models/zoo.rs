@@ -157,6 +157,16 @@ fn reduced_forward(net: &Reduced, head: &Head, x: &Tensor, train: bool) -> Tenso
 /// weight gradients agree too, and so do the BatchNorm running statistics after one train step.
 #[test]
 fn reduced_networks_match_timm() {
+    mura_kernels::with_generic(false, reduced_networks)
+}
+
+/// The same fixtures through the generic paths (candle's tensor ops, as on a GPU).
+#[test]
+fn reduced_networks_match_timm_on_the_generic_paths() {
+    mura_kernels::with_generic(true, reduced_networks)
+}
+
+fn reduced_networks() {
     let fx = fixtures();
     let dev = Device::Cpu;
     struct Case {
@@ -284,6 +294,16 @@ fn reduced_networks_match_timm() {
 /// at 75×75 (eval) and the add-gate head agree with PyTorch.
 #[test]
 fn inception_blocks_and_add_gate_head_match_timm() {
+    mura_kernels::with_generic(false, inception_blocks_and_add_gate_head)
+}
+
+/// The same fixtures through the generic paths.
+#[test]
+fn inception_blocks_and_add_gate_head_match_timm_on_the_generic_paths() {
+    mura_kernels::with_generic(true, inception_blocks_and_add_gate_head)
+}
+
+fn inception_blocks_and_add_gate_head() {
     let fx = fixtures();
     let dev = Device::Cpu;
     let cases: [(&str, &[usize], u64, u64); 5] = [
@@ -396,8 +416,8 @@ fn inception_v3_trains_like_timm() {
     }
 }
 
-/// A seeded 3-channel ResNet-18 at 64 px and a batch of two inputs for it.
-/// A seeded model of `arch` for `size`² inputs and a deterministic batch of two such images.
+/// A seeded model of `config` with 3 channels for `size`² inputs, and a deterministic batch of
+/// two such images.
 fn model_and_input(config: &ModelConfig, size: usize, seed: u64) -> (Model, VarMap, Tensor) {
     let config = ModelConfig {
         in_channels: 3,
@@ -409,6 +429,7 @@ fn model_and_input(config: &ModelConfig, size: usize, seed: u64) -> (Model, VarM
     (model, varmap, x)
 }
 
+/// A seeded 3-channel ResNet-18 at 64 px and a batch of two inputs for it.
 fn resnet18_and_input() -> (Model, VarMap, Tensor) {
     model_and_input(&ModelConfig::new(Arch::ResNet18), 64, 3)
 }

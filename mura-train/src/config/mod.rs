@@ -162,7 +162,8 @@ pub enum Freeze {
     Before(String),
 }
 
-/// Two-stage fine-tuning (seed 002): the head alone first, then the network from a named stage.
+/// Two-stage fine-tuning, as in the seed-002 report (docs/recipes.md): the head alone first, then
+/// the network from a named stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FineTune {
@@ -179,7 +180,7 @@ pub struct FineTune {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Most epochs (100 as the seed reports); early stopping may end sooner.
+    /// Most epochs (100 as in the seed reports); early stopping may end sooner.
     #[serde(default = "hundred")]
     pub epochs: u32,
     #[serde(default = "eight")]
@@ -222,6 +223,11 @@ pub struct TrainConfig {
     /// `threshold.json` and reported by `evaluate` beside 0.5.
     #[serde(default)]
     pub threshold: mura_metrics::Criterion,
+    /// Fit a temperature on the validation images when the run ends (stored in
+    /// `calibration.json`), so that its probabilities are calibrated; the threshold is then
+    /// chosen, and every prediction made, on the calibrated probabilities.
+    #[serde(default = "yes")]
+    pub calibrate: bool,
     /// Also write the per-epoch scalars as TensorBoard event files under `<run>/tensorboard/`.
     #[serde(default)]
     pub tensorboard: bool,
@@ -289,6 +295,7 @@ impl Default for TrainConfig {
             checkpoint_minutes: ten(),
             checkpoint_steps: None,
             threshold: mura_metrics::Criterion::Kappa,
+            calibrate: yes(),
             tensorboard: false,
         }
     }

@@ -466,6 +466,13 @@ mod tests {
     /// tests/train.rs); the state saved after three f32 steps and loaded resumes bit for bit.
     #[test]
     fn the_fused_f32_adam_matches_the_ops_and_resumes_exactly() {
+        mura_kernels::with_generic(
+            false,
+            the_fused_f32_adam_matches_the_ops_and_resumes_exactly_on_the_cpu_kernels,
+        )
+    }
+
+    fn the_fused_f32_adam_matches_the_ops_and_resumes_exactly_on_the_cpu_kernels() {
         let dev = Device::Cpu;
         let n = 40_000;
         let p0: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
@@ -567,6 +574,13 @@ mod tests {
     /// a view that later steps keep moving.
     #[test]
     fn a_saved_state_stays_as_it_was_saved() {
+        mura_kernels::with_generic(
+            false,
+            a_saved_state_stays_as_it_was_saved_on_the_cpu_kernels,
+        )
+    }
+
+    fn a_saved_state_stays_as_it_was_saved_on_the_cpu_kernels() {
         let dev = Device::Cpu;
         let var = Var::from_tensor(&Tensor::new(&[0.5f32, -1.0, 2.0], &dev).unwrap()).unwrap();
         let mut opt =

@@ -4,17 +4,17 @@
 //! The page holds, for the test split (the official valid set): a comparison table ordered by a
 //! chosen metric; the training curves of the runs overlaid (train dashed, validation solid); the
 //! study-level ROC curves with each AUC in the legend; the per-body-part study kappa of each run
-//! beside the MURA paper's model; and the study-level confusion matrices at 0.5 and at the
-//! threshold chosen on validation. Everything is recomputed from each run's `predictions.csv` and
+//! beside the MURA paper's model; the study-level confusion matrices at 0.5 and at the
+//! threshold chosen on validation; the study-level reliability diagrams; and DeLong's test of
+//! every pair's study-level AUCs. Everything is recomputed from each run's `predictions.csv` and
 //! `study_predictions.csv`; a run without them is evaluated first (as `mura evaluate` would).
 //! No external style sheet, script or font: the page opens from disk anywhere.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use mura_data::{BodyPart, Role};
-use mura_metrics::{BinaryReport, Threshold};
+use mura_metrics::{BinaryReport, Binning, DelongTest, Threshold, delong_test};
 use serde::Serialize;
 
 use crate::TrainError;
@@ -25,6 +25,10 @@ use crate::io::write_durable;
 use crate::plot::{Legend, PALETTE, Panel, Series, curve_panels, render};
 use crate::run::{Weights, files, load_threshold};
 use crate::trained::Tta;
+
+mod page;
+
+use page::page;
 
 /// The MURA paper's model, study-level Cohen's kappa on its hidden test set, per body part and
 /// overall (Rajpurkar et al., 2017, table 2).
@@ -88,6 +92,25 @@ pub struct Entry {
     /// Study-level ROC curve, (false positive rate, true positive rate).
     #[serde(skip)]
     pub roc: Vec<(f64, f64)>,
+    /// Study-level Brier score and expected calibration error (10 equal-width bins).
+    pub brier: f64,
+    pub ece: f64,
+    /// The study-level reliability diagram, (mean probability, share abnormal) per bin.
+    #[serde(skip)]
+    pub reliability: Vec<(f64, f64)>,
+    /// Each study's (label, probability), for the pairwise tests.
+    #[serde(skip)]
+    pub study_probs: BTreeMap<String, (bool, f64)>,
+}
+
+/// DeLong's test of two entries' study-level AUCs on the studies both scored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pairwise {
+    /// Indices into the entries, in the table's order.
+    pub a: usize,
+    pub b: usize,
+    pub studies: usize,
+    pub test: Option<DelongTest>,
 }
 
 impl Entry {
@@ -124,9 +147,13 @@ fn bad(path: &Path, reason: impl Into<String>) -> TrainError {
     }
 }
 
-/// `(label, probability, body part)` rows of a predictions CSV whose last three columns are
-/// `body_part,label,probability`.
-fn read_predictions(path: &Path) -> Result<Vec<(bool, f64, BodyPart)>, TrainError> {
+/// One row of a predictions CSV: its first column (the study, or the image's path), label,
+/// probability and body part.
+type Row = (String, bool, f64, BodyPart);
+
+/// The rows of a predictions CSV whose first column names the study or image and whose last
+/// three are `body_part,label,probability`.
+fn read_predictions(path: &Path) -> Result<Vec<Row>, TrainError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_path(path)
@@ -156,7 +183,7 @@ fn read_predictions(path: &Path) -> Result<Vec<(bool, f64, BodyPart)>, TrainErro
                 format!("line {line}: probability `{}` is not a number", field(1)),
             )
         })?;
-        rows.push((label, p, part));
+        rows.push((field(n).to_string(), label, p, part));
     }
     if rows.is_empty() {
         return Err(bad(path, "no predictions"));
@@ -164,8 +191,8 @@ fn read_predictions(path: &Path) -> Result<Vec<(bool, f64, BodyPart)>, TrainErro
     Ok(rows)
 }
 
-fn split_columns(rows: &[(bool, f64, BodyPart)]) -> (Vec<bool>, Vec<f64>) {
-    rows.iter().map(|r| (r.0, r.1)).unzip()
+fn split_columns(rows: &[Row]) -> (Vec<bool>, Vec<f64>) {
+    rows.iter().map(|r| (r.1, r.2)).unzip()
 }
 
 /// Reads (or makes, by evaluating on the test split) one run's or ensemble's figures.
@@ -191,7 +218,7 @@ pub fn entry(dir: &Path, threads: usize) -> Result<Entry, TrainError> {
     let (il, ip) = split_columns(&image_rows);
     let studies = mura_metrics::evaluate(&sl, &sp, t)?;
     let images = mura_metrics::evaluate(&il, &ip, t)?;
-    let parts: Vec<BodyPart> = study_rows.iter().map(|r| r.2).collect();
+    let parts: Vec<BodyPart> = study_rows.iter().map(|r| r.3).collect();
     let study_parts = per_part(&parts, &sl, &sp, |_, l, p| {
         Ok(mura_metrics::evaluate(l, p, t)?)
     })?;
@@ -200,6 +227,8 @@ pub fn entry(dir: &Path, threads: usize) -> Result<Entry, TrainError> {
         Some(th) => Some(mura_metrics::evaluate(&sl, &sp, th.value)?),
         None => None,
     };
+    let diagram = mura_metrics::reliability(&sl, &sp, 10, Binning::EqualWidth)?;
+    let ece = mura_metrics::calibration_error(&sl, &sp, 10, Binning::EqualWidth)?.expected;
     let roc = mura_metrics::roc_curve(&sl, &sp)?
         .unwrap_or_default()
         .iter()
@@ -239,7 +268,45 @@ pub fn entry(dir: &Path, threads: usize) -> Result<Entry, TrainError> {
         threshold,
         at_threshold,
         roc,
+        brier: mura_metrics::brier_score(&sl, &sp)?,
+        ece,
+        reliability: diagram
+            .iter()
+            .map(|b| (b.mean_probability, b.fraction_positive))
+            .collect(),
+        study_probs: study_rows
+            .iter()
+            .map(|r| (r.0.clone(), (r.1, r.2)))
+            .collect(),
     })
+}
+
+/// DeLong's test for every pair of entries, on the studies both scored.
+pub fn pairwise(entries: &[Entry]) -> Result<Vec<Pairwise>, TrainError> {
+    let mut out = Vec::new();
+    for a in 0..entries.len() {
+        for b in a + 1..entries.len() {
+            let (mut y, mut pa, mut pb) = (Vec::new(), Vec::new(), Vec::new());
+            for (study, &(label, p)) in &entries[a].study_probs {
+                if let Some(&(_, q)) = entries[b].study_probs.get(study) {
+                    y.push(label);
+                    pa.push(p);
+                    pb.push(q);
+                }
+            }
+            let test = match y.is_empty() {
+                true => None,
+                false => delong_test(&y, &pa, &pb, 0.95)?,
+            };
+            out.push(Pairwise {
+                a,
+                b,
+                studies: y.len(),
+                test,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Writes `out/index.html`, `out/curves.png` (when some entry has a history) and `out/roc.png`.
@@ -288,15 +355,46 @@ pub fn report(
         images.push(path);
     }
     let roc_path = out.join("roc.png");
-    write_durable(&roc_path, &render(&[roc_panel(&entries)], 1, (560, 520))?)?;
+    let panels = [roc_panel(&entries), reliability_panel(&entries)];
+    write_durable(&roc_path, &render(&panels, 2, (520, 480))?)?;
     images.push(roc_path);
+    let tests = pairwise(&entries)?;
     let html = out.join("index.html");
-    write_durable(&html, page(&entries, options, curves).as_bytes())?;
+    write_durable(&html, page(&entries, &tests, options, curves).as_bytes())?;
     Ok(ReportSummary {
         html,
         images,
         entries,
     })
+}
+
+/// The study-level reliability diagrams of the entries beside the diagonal of perfect
+/// calibration.
+fn reliability_panel(entries: &[Entry]) -> Panel {
+    let mut series: Vec<Series> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Series {
+            label: format!("{} (ECE {:.3})", e.name, e.ece),
+            points: e.reliability.clone(),
+            color: PALETTE[i % PALETTE.len()],
+            dashed: false,
+        })
+        .collect();
+    series.push(Series {
+        label: "calibrated".into(),
+        points: vec![(0.0, 0.0), (1.0, 1.0)],
+        color: plotters::style::RGBColor(150, 150, 150),
+        dashed: true,
+    });
+    Panel {
+        title: "Reliability, study level (test)".into(),
+        x_label: "mean predicted probability".into(),
+        y_label: "share abnormal".into(),
+        series,
+        y_range: Some((0.0, 1.0)),
+        legend: Legend::LowerRight,
+    }
 }
 
 fn roc_panel(entries: &[Entry]) -> Panel {
@@ -330,138 +428,10 @@ fn roc_panel(entries: &[Entry]) -> Panel {
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn f3(v: Option<f64>) -> String {
-    v.map_or("–".into(), |v| format!("{v:.3}"))
-}
-
-/// The page's only script: it says on the page when an image did not load (a moved report),
-/// and records how many did in `data-images-loaded` for automated checks.
-const SCRIPT: &str = r#"window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.setAttribute('data-images-loaded', ok + '/' + imgs.length);
-  if (ok < imgs.length) {
-    var p = document.createElement('p');
-    p.className = 'warn';
-    p.textContent = (imgs.length - ok) + ' image(s) did not load: keep the PNG files beside index.html.';
-    document.body.insertBefore(p, document.body.firstChild);
-  }
-});"#;
-
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}\
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}\
-th{background:#f3f3f3}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #ddd}\
-.warn{background:#fee;border:1px solid #c00;padding:.5em}.cm{display:inline-block;margin-right:2em;vertical-align:top}\
-.note{color:#666;font-size:90%}";
-
-fn page(entries: &[Entry], options: &ReportOptions, curves: bool) -> String {
-    let mut h = String::new();
-    let _ = write!(
-        h,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>mura report: {} run(s)</title>\n<style>{STYLE}</style>\n<script>{SCRIPT}</script>\n</head>\n<body>\n<h1>mura report</h1>\n<p class=\"note\">Test split (the official MURA valid set); a study's probability is the mean of its images'. Ordered by {}.</p>\n",
-        entries.len(),
-        esc(&options.sort_by)
-    );
-    // Comparison table.
-    h.push_str("<h2>Comparison</h2>\n<table id=\"comparison\">\n<tr><th>#</th><th class=\"l\">run</th><th class=\"l\">model</th><th>epochs</th><th>best val AUC</th><th>study AUC</th><th>study κ @0.5</th><th>threshold</th><th>study κ @threshold</th><th>accuracy</th><th>sensitivity</th><th>specificity</th><th>F1</th><th>image AUC</th><th>studies</th></tr>\n");
-    for (i, e) in entries.iter().enumerate() {
-        let s = &e.studies;
-        let _ = writeln!(
-            h,
-            "<tr><td>{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            i + 1,
-            esc(&e.name),
-            esc(&e.model),
-            e.epochs,
-            f3(e.best_val_auc),
-            f3(s.auc),
-            f3(s.kappa),
-            e.threshold.map_or("–".into(), |t| format!(
-                "{:.3} ({})",
-                t.value,
-                t.criterion.as_str()
-            )),
-            f3(e.at_threshold.as_ref().and_then(|r| r.kappa)),
-            f3(s.accuracy),
-            f3(s.recall),
-            f3(s.specificity),
-            f3(s.f1),
-            f3(e.images.auc),
-            s.n
-        );
-    }
-    h.push_str("</table>\n");
-    if curves {
-        h.push_str("<h2>Training curves</h2>\n<p class=\"note\">Train dashed, validation solid.</p>\n<img src=\"curves.png\" alt=\"training curves: loss, AUC, accuracy and kappa by epoch\">\n");
-    }
-    h.push_str("<h2>ROC curves</h2>\n<img src=\"roc.png\" alt=\"study-level ROC curves\">\n");
-    // Per body part kappa beside the paper.
-    h.push_str("<h2>Study-level Cohen's κ per body part (threshold 0.5)</h2>\n<table id=\"kappa\">\n<tr><th class=\"l\">body part</th>");
-    for e in entries {
-        let _ = write!(h, "<th>{}</th>", esc(&e.name));
-    }
-    h.push_str("<th>MURA paper (test)</th></tr>\n");
-    for (part, paper) in PAPER_KAPPA {
-        let _ = write!(h, "<tr><td class=\"l\">{part}</td>");
-        for e in entries {
-            let k = if part == "all" {
-                e.studies.kappa
-            } else {
-                e.study_parts.get(part).and_then(|r| r.kappa)
-            };
-            let _ = write!(h, "<td>{}</td>", f3(k));
-        }
-        let _ = writeln!(h, "<td>{paper:.3}</td></tr>");
-    }
-    h.push_str("</table>\n<p class=\"note\">The paper's figures are on MURA's hidden test set; ours on the public valid set.</p>\n");
-    // Confusion matrices.
-    h.push_str("<h2>Confusion matrices (studies)</h2>\n");
-    for e in entries {
-        let _ = writeln!(h, "<h3>{}</h3>", esc(&e.name));
-        let mut cm = |title: String, r: &BinaryReport| {
-            let c = &r.confusion;
-            let _ = writeln!(
-                h,
-                "<div class=\"cm\"><table><tr><th class=\"l\">{}</th><th>predicted normal</th><th>predicted abnormal</th></tr><tr><th class=\"l\">normal</th><td>{}</td><td>{}</td></tr><tr><th class=\"l\">abnormal</th><td>{}</td><td>{}</td></tr></table></div>",
-                esc(&title),
-                c.true_negative,
-                c.false_positive,
-                c.false_negative,
-                c.true_positive
-            );
-        };
-        cm("threshold 0.5".into(), &e.studies);
-        if let (Some(t), Some(r)) = (e.threshold, &e.at_threshold) {
-            cm(
-                format!(
-                    "threshold {:.3} (max {} on val)",
-                    t.value,
-                    t.criterion.as_str()
-                ),
-                r,
-            );
-        }
-    }
-    h.push_str("</body>\n</html>\n");
-    h
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn html_escapes_names() {
-        assert_eq!(esc("a<b>&\"c\""), "a&lt;b&gt;&amp;&quot;c&quot;");
-    }
 
     #[test]
     fn predictions_are_read_with_quoted_fields_and_bad_lines_named() {
@@ -475,7 +445,10 @@ mod tests {
         let rows = read_predictions(&p).unwrap();
         assert_eq!(
             rows,
-            vec![(true, 0.9, BodyPart::Wrist), (false, 0.1, BodyPart::Hand)]
+            vec![
+                ("a,b".to_string(), true, 0.9, BodyPart::Wrist),
+                ("c".to_string(), false, 0.1, BodyPart::Hand)
+            ]
         );
         std::fs::write(&p, "study,body_part,label,probability\nc,XR_HAND,2,0.1\n").unwrap();
         let err = read_predictions(&p).unwrap_err().to_string();
