@@ -288,8 +288,15 @@ def main():
     if "kernels" in only:
         body += bench_kernels(a, raw)
         keep()
-    cmd = "python3 tools/bench.py " + " ".join(
-        x for x in sys.argv[1:] if not x.startswith("--out") and not x.startswith("--raw"))
+    shown, skip = [], False
+    for x in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif x in ("--out", "--raw"):
+            skip = True
+        elif not x.startswith(("--out=", "--raw=")):
+            shown.append(x)
+    cmd = "python3 tools/bench.py " + " ".join(shown)
     head = ["# Benchmarks", "",
             "mura against the Python programs a user would otherwise run (`../shared/peers/`), measured "
             "back to back in one run of `tools/bench.py` on one machine. Speed targets live here and "
@@ -297,7 +304,10 @@ def main():
             f"- Machine: {info['cpu']}, {info['cores']} cores, {info['simd']} ({info['system']}); "
             f"mura {info['commit']}, PyTorch {info['torch']}; {info['date']}.",
             f"- Reproduce: `cargo build --release -p mura-cli`, the peers' venv of "
-            f"`../shared/peers/README.md`, then `{cmd.strip()}`.", ""]
+            f"`../shared/peers/README.md`, then `{cmd.strip()}`.",
+            "- Noise: on this shared 2-core machine one program's speed moves by up to a third between "
+            "two runs a minute apart, for PyTorch as for mura; each row shows every round, and a ratio "
+            "near 1 is a tie.", ""]
     text = "\n".join(head + body).rstrip() + "\n"
     with open(a.out, "w") as f:
         f.write(text)
