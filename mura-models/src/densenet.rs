@@ -84,7 +84,7 @@ impl DenseNetConfig {
 
 /// BatchNorm followed by ReLU (timm's `BatchNormAct2d`).
 #[derive(Debug, Clone)]
-struct BnAct(BatchNorm);
+pub(crate) struct BnAct(pub(crate) BatchNorm);
 
 impl BnAct {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
@@ -93,11 +93,11 @@ impl BnAct {
 }
 
 #[derive(Debug, Clone)]
-struct DenseLayer {
-    norm1: BnAct,
-    conv1: Conv,
-    norm2: BnAct,
-    conv2: Conv,
+pub(crate) struct DenseLayer {
+    pub(crate) norm1: BnAct,
+    pub(crate) conv1: Conv,
+    pub(crate) norm2: BnAct,
+    pub(crate) conv2: Conv,
 }
 
 impl DenseLayer {
@@ -131,14 +131,14 @@ impl DenseLayer {
 }
 
 #[derive(Debug, Clone)]
-struct Transition {
-    norm: BnAct,
-    conv: Conv,
+pub(crate) struct Transition {
+    pub(crate) norm: BnAct,
+    pub(crate) conv: Conv,
 }
 
 /// One stage of the features, as timm names them.
 #[derive(Debug, Clone)]
-enum Stage {
+pub(crate) enum Stage {
     Stem { conv0: Conv, norm0: BnAct },
     Block(Vec<DenseLayer>),
     Transition(Transition),
@@ -148,8 +148,8 @@ enum Stage {
 /// A DenseNet backbone (features only; the head is separate).
 #[derive(Debug, Clone)]
 pub struct DenseNet {
-    config: DenseNetConfig,
-    stages: Vec<(String, Stage)>,
+    pub(crate) config: DenseNetConfig,
+    pub(crate) stages: Vec<(String, Stage)>,
 }
 
 impl DenseNet {

@@ -147,11 +147,11 @@ impl HeadConfig {
 /// A built head.
 #[derive(Debug, Clone)]
 pub struct Head {
-    config: HeadConfig,
-    pool: GlobalPool,
-    hidden: Vec<Linear>,
-    classifier: Linear,
-    classifier_name: String,
+    pub(crate) config: HeadConfig,
+    pub(crate) pool: GlobalPool,
+    pub(crate) hidden: Vec<Linear>,
+    pub(crate) classifier: Linear,
+    pub(crate) classifier_name: String,
 }
 
 impl Head {

@@ -43,14 +43,17 @@ fn k3x1() -> ConvConfig {
 }
 
 /// The 3×3/1 average pool (padding counted, PyTorch's default) of the A, C and E pool branches.
-fn branch_avg(x: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn branch_avg_pool() -> Pool2d {
     Pool2d {
         kind: PoolKind::Avg {
             count_include_pad: true,
         },
         ..Pool2d::avg(3, 1, 1)
     }
-    .forward(x)
+}
+
+fn branch_avg(x: &Tensor) -> candle_core::Result<Tensor> {
+    branch_avg_pool().forward(x)
 }
 
 fn chain(x: &Tensor, convs: &[&ConvBnAct], train: bool) -> candle_core::Result<Tensor> {
@@ -64,13 +67,13 @@ fn chain(x: &Tensor, convs: &[&ConvBnAct], train: bool) -> candle_core::Result<T
 /// Inception-A (35×35 grid): 1×1, 5×5, double 3×3 and pool branches.
 #[derive(Debug, Clone)]
 pub struct InceptionA {
-    branch1x1: ConvBnAct,
-    branch5x5_1: ConvBnAct,
-    branch5x5_2: ConvBnAct,
-    branch3x3dbl_1: ConvBnAct,
-    branch3x3dbl_2: ConvBnAct,
-    branch3x3dbl_3: ConvBnAct,
-    branch_pool: ConvBnAct,
+    pub(crate) branch1x1: ConvBnAct,
+    pub(crate) branch5x5_1: ConvBnAct,
+    pub(crate) branch5x5_2: ConvBnAct,
+    pub(crate) branch3x3dbl_1: ConvBnAct,
+    pub(crate) branch3x3dbl_2: ConvBnAct,
+    pub(crate) branch3x3dbl_3: ConvBnAct,
+    pub(crate) branch_pool: ConvBnAct,
 }
 
 impl InceptionA {
@@ -125,10 +128,10 @@ impl ModuleT for InceptionA {
 /// Inception-B (grid reduction 35 → 17): strided 3×3, double 3×3 and max-pool branches.
 #[derive(Debug, Clone)]
 pub struct InceptionB {
-    branch3x3: ConvBnAct,
-    branch3x3dbl_1: ConvBnAct,
-    branch3x3dbl_2: ConvBnAct,
-    branch3x3dbl_3: ConvBnAct,
+    pub(crate) branch3x3: ConvBnAct,
+    pub(crate) branch3x3dbl_1: ConvBnAct,
+    pub(crate) branch3x3dbl_2: ConvBnAct,
+    pub(crate) branch3x3dbl_3: ConvBnAct,
 }
 
 impl InceptionB {
@@ -176,10 +179,10 @@ impl ModuleT for InceptionB {
 /// Inception-C (17×17 grid): factorised 7×7 convolutions as 1×7 and 7×1 pairs.
 #[derive(Debug, Clone)]
 pub struct InceptionC {
-    branch1x1: ConvBnAct,
-    branch7x7: [ConvBnAct; 3],
-    branch7x7dbl: [ConvBnAct; 5],
-    branch_pool: ConvBnAct,
+    pub(crate) branch1x1: ConvBnAct,
+    pub(crate) branch7x7: [ConvBnAct; 3],
+    pub(crate) branch7x7dbl: [ConvBnAct; 5],
+    pub(crate) branch_pool: ConvBnAct,
 }
 
 impl InceptionC {
@@ -226,8 +229,8 @@ impl ModuleT for InceptionC {
 /// Inception-D (grid reduction 17 → 8).
 #[derive(Debug, Clone)]
 pub struct InceptionD {
-    branch3x3: [ConvBnAct; 2],
-    branch7x7x3: [ConvBnAct; 4],
+    pub(crate) branch3x3: [ConvBnAct; 2],
+    pub(crate) branch7x7x3: [ConvBnAct; 4],
 }
 
 impl InceptionD {
@@ -271,15 +274,15 @@ impl ModuleT for InceptionD {
 /// Inception-E (8×8 grid): 1×3 and 3×1 branches side by side.
 #[derive(Debug, Clone)]
 pub struct InceptionE {
-    branch1x1: ConvBnAct,
-    branch3x3_1: ConvBnAct,
-    branch3x3_2a: ConvBnAct,
-    branch3x3_2b: ConvBnAct,
-    branch3x3dbl_1: ConvBnAct,
-    branch3x3dbl_2: ConvBnAct,
-    branch3x3dbl_3a: ConvBnAct,
-    branch3x3dbl_3b: ConvBnAct,
-    branch_pool: ConvBnAct,
+    pub(crate) branch1x1: ConvBnAct,
+    pub(crate) branch3x3_1: ConvBnAct,
+    pub(crate) branch3x3_2a: ConvBnAct,
+    pub(crate) branch3x3_2b: ConvBnAct,
+    pub(crate) branch3x3dbl_1: ConvBnAct,
+    pub(crate) branch3x3dbl_2: ConvBnAct,
+    pub(crate) branch3x3dbl_3a: ConvBnAct,
+    pub(crate) branch3x3dbl_3b: ConvBnAct,
+    pub(crate) branch_pool: ConvBnAct,
 }
 
 impl InceptionE {
@@ -340,7 +343,7 @@ impl ModuleT for InceptionE {
 }
 
 #[derive(Debug, Clone)]
-enum Stage {
+pub(crate) enum Stage {
     Conv(ConvBnAct),
     MaxPool,
     A(InceptionA),
@@ -353,7 +356,7 @@ enum Stage {
 /// The Inception-v3 backbone (features only): 2048 channels at 8×8 for a 299×299 input.
 #[derive(Debug, Clone)]
 pub struct InceptionV3 {
-    stages: Vec<(String, Stage)>,
+    pub(crate) stages: Vec<(String, Stage)>,
 }
 
 impl InceptionV3 {

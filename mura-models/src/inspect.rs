@@ -68,17 +68,20 @@ pub struct ForwardReport {
     pub ignored: usize,
 }
 
-/// Loads `weights` into `model` (checked whole first), runs it in eval mode on the tensor
-/// `input` of the safetensors file `input`, and writes the result as the tensor `logits` of
-/// `out`.
+/// Loads `weights` into `model` (checked whole first; without a file the model keeps the
+/// weights it has), runs it in eval mode on the tensor `input` of the safetensors file `input`,
+/// and writes the result as the tensor `logits` of `out`.
 pub fn forward_file(
     model: &Model,
     varmap: &VarMap,
-    weights: &Path,
+    weights: Option<&Path>,
     input: &Path,
     out: &Path,
 ) -> Result<ForwardReport, ModelError> {
-    let report = checkpoint::load(model, varmap, weights, LoadOptions::default())?;
+    let report = match weights {
+        Some(w) => checkpoint::load(model, varmap, w, LoadOptions::default())?,
+        None => checkpoint::LoadReport::default(),
+    };
     let x = checkpoint::read_tensor(input, "input", &Device::Cpu)?;
     let logits = model.forward(&x, false).map_err(|e| ModelError::Forward {
         arch: model.arch().to_string(),

@@ -12,6 +12,7 @@ pub mod init;
 pub mod inspect;
 pub mod layers;
 pub mod model;
+pub mod onnx;
 pub mod resnet;
 pub mod summary;
 mod vars;
@@ -26,6 +27,7 @@ pub use inception::{InceptionA, InceptionB, InceptionC, InceptionD, InceptionE, 
 pub use init::init_seeded;
 pub use model::Model;
 pub use mura_kernels::{Pool2d, PoolKind};
+pub use onnx::{Exported, OnnxOptions, to_onnx};
 pub use resnet::{BlockKind, ResNet, ResNetConfig};
 pub use summary::{Summary, SummaryRow, summarize};
 
@@ -50,6 +52,8 @@ pub enum ModelError {
         path: String,
         reason: String,
     },
+    #[error("cannot export {arch} to ONNX: {reason}")]
+    Export { arch: String, reason: String },
     #[error("{path}: cannot read checkpoint: {reason}")]
     Unreadable { path: String, reason: String },
     #[error("{path}: cannot write: {reason}")]

@@ -15,6 +15,8 @@ use crate::densenet::{DenseNet, DenseNetConfig};
 use crate::head::Head;
 use crate::inception::InceptionV3;
 use crate::layers::{Noise, is_running_stat};
+use crate::onnx::graph::{Graph as OnnxGraph, Value as OnnxValue};
+use crate::onnx::zoo as onnx_zoo;
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::vars::lock_vars;
 
@@ -384,6 +386,31 @@ impl Model {
             },
         }
         Ok(m)
+    }
+
+    /// Writes the evaluation forward into an ONNX graph from the value `x`: its last feature
+    /// map and its logits.
+    pub(crate) fn onnx(
+        &self,
+        g: &mut OnnxGraph,
+        x: &str,
+    ) -> candle_core::Result<(OnnxValue, OnnxValue)> {
+        match &self.net {
+            Net::Cnn(c) => {
+                let f = onnx_zoo::cnn_features(c, g, x)?;
+                let logits = onnx_zoo::cnn_head(c, g, &f)?;
+                Ok((f, logits))
+            }
+            Net::Zoo { backbone, head } => {
+                let f = match backbone {
+                    Backbone::DenseNet(b) => onnx_zoo::densenet(b, g, x)?,
+                    Backbone::ResNet(b) => onnx_zoo::resnet(b, g, x)?,
+                    Backbone::Inception(b) => onnx_zoo::inception(b, g, x)?,
+                };
+                let logits = onnx_zoo::head(head, g, &f)?;
+                Ok((f, logits))
+            }
+        }
     }
 
     /// Reseeds dropout (the training loop does it once per step from the run's seed).

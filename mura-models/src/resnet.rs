@@ -87,9 +87,9 @@ impl ResNetConfig {
 }
 
 #[derive(Debug, Clone)]
-struct Block {
-    convs: Vec<(Conv, BatchNorm)>,
-    downsample: Option<(Conv, BatchNorm)>,
+pub(crate) struct Block {
+    pub(crate) convs: Vec<(Conv, BatchNorm)>,
+    pub(crate) downsample: Option<(Conv, BatchNorm)>,
 }
 
 impl Block {
@@ -146,7 +146,7 @@ impl Block {
 }
 
 #[derive(Debug, Clone)]
-enum Stage {
+pub(crate) enum Stage {
     Stem { conv1: Conv, bn1: BatchNorm },
     Layer(Vec<Block>),
 }
@@ -154,8 +154,8 @@ enum Stage {
 /// A ResNet backbone (features only).
 #[derive(Debug, Clone)]
 pub struct ResNet {
-    config: ResNetConfig,
-    stages: Vec<(String, Stage)>,
+    pub(crate) config: ResNetConfig,
+    pub(crate) stages: Vec<(String, Stage)>,
 }
 
 impl ResNet {

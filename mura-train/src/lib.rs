@@ -10,6 +10,7 @@ pub mod ensemble;
 pub mod epoch;
 pub mod evaluate;
 pub mod explain;
+pub mod export;
 pub mod fit;
 pub mod history;
 pub mod io;
@@ -39,6 +40,7 @@ pub use epoch::{
     step_seed, train_epoch, train_epoch_with,
 };
 pub use evaluate::{EvaluateOptions, Evaluation, evaluate};
+pub use export::{ExportOptions, ExportReport, export_model, export_run};
 pub use fit::{FitEnd, FitOptions, FitSummary, fit};
 pub use history::HistoryRow;
 pub use loss::{bce_with_logits, l2_penalty};

@@ -15,7 +15,9 @@ use mura_train::{Tta, Weights};
 
 pub use compare::{CompareArgs, CvArgs, EnsembleArgs, ExplainArgs, ReportArgs, ThresholdArgs};
 pub use data::{CheckArgs, PreviewArgs, SplitArgs, StatsArgs, SynthArgs};
-pub use model::{BenchCommand, BenchModelArgs, BenchPipelineArgs, ModeArg, ModelArgs};
+pub use model::{
+    BenchCommand, BenchModelArgs, BenchPipelineArgs, ExportArgs, ExportFormat, ModeArg, ModelArgs,
+};
 pub use train::{DemoArgs, EvaluateArgs, PredictArgs, SplitArg, TrainArgs};
 
 /// mura: train, evaluate and explain abnormality classifiers for musculoskeletal radiographs (MURA).
@@ -60,6 +62,10 @@ pub enum Command {
     /// (does the checkpoint fit?); `--weights FILE --forward IN.safetensors --out OUT.safetensors`
     /// (eval-mode logits of the tensor `input`, written as `logits`).
     Model(ModelArgs),
+    /// A run as an ONNX file for any runtime: the eval-mode network (BatchNorm folded), its
+    /// logits and calibrated probability (and with --with-features its last feature map), the
+    /// preprocessing, threshold and temperature in the file's metadata.
+    Export(ExportArgs),
     /// Grad-CAM heat maps: one PNG per image, the radiograph with the map of the model's last
     /// convolutional feature map overlaid and the probability printed.
     Explain(ExplainArgs),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use mura_models::{Arch, HeadConfig, ModelConfig};
 
-use super::IndexArgs;
+use super::{IndexArgs, WeightsArg};
 
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -37,7 +37,8 @@ pub struct ModelArgs {
     /// Check that --weights fits the architecture; list every mismatched tensor.
     #[arg(long)]
     pub check: bool,
-    /// Run the model (eval mode) on the tensor `input` (N×C×H×W, f32) of this file.
+    /// Run the model (eval mode) on the tensor `input` (N×C×H×W, f32) of this file, with the
+    /// weights of --weights, or those seeded from 0 (as `mura export --arch` writes them).
     #[arg(long)]
     pub forward: Option<PathBuf>,
     /// Where --forward writes the tensor `logits`.
@@ -150,4 +151,63 @@ pub struct BenchPipelineArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--format`: what `mura export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// An ONNX model (ONNX Runtime, TensorRT, OpenVINO, tract...).
+    Onnx,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A run directory (an ensemble is refused: export each member).
+    #[arg(required_unless_present = "arch")]
+    pub run: Option<PathBuf>,
+    /// Export an architecture of the zoo instead of a run: with --model-weights FILE, or seeded
+    /// weights (to benchmark or check a runtime).
+    #[arg(long, conflicts_with = "run")]
+    pub arch: Option<String>,
+    /// A `.safetensors` checkpoint for --arch (timm's or ours).
+    #[arg(long, requires = "arch")]
+    pub model_weights: Option<PathBuf>,
+    /// Square input side for --arch; the architecture's default when absent.
+    #[arg(long, requires = "arch")]
+    pub image_size: Option<usize>,
+    /// Input channels for --arch.
+    #[arg(long, requires = "arch")]
+    pub in_channels: Option<usize>,
+    /// Seed of the weights for --arch without --model-weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = ExportFormat::Onnx)]
+    pub format: ExportFormat,
+    /// The file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// ONNX operator set (13 to 21).
+    #[arg(long, default_value_t = mura_models::onnx::DEFAULT_OPSET)]
+    pub opset: i64,
+    /// Also output the last feature map (`features`), from which a runtime draws the CAM.
+    #[arg(long)]
+    pub with_features: bool,
+    /// Which checkpoint of the run.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Final)]
+    pub weights: WeightsArg,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ExportArgs {
+    /// The model --arch and its flags describe.
+    pub fn config(&self, arch: Arch) -> ModelConfig {
+        let base = ModelConfig::new(arch);
+        ModelConfig {
+            in_channels: self.in_channels.unwrap_or(base.in_channels),
+            input_size: self.image_size,
+            ..base
+        }
+    }
 }

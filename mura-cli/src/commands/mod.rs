@@ -20,6 +20,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Pipeline(a)) => model::bench_pipeline(&a),
         Command::Bench(BenchCommand::Model(a)) => model::bench_model(&a),
         Command::Model(a) => model::model(&a),
+        Command::Export(a) => model::export(&a),
         Command::Demo(a) => train::demo(&a),
         Command::Train(a) => train::train(&a),
         Command::Evaluate(a) => train::evaluate(&a),

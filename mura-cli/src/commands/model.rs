@@ -7,8 +7,11 @@ use mura_models::checkpoint::{self, LoadOptions};
 use mura_models::inspect::{forward_file, zoo};
 use mura_models::{Arch, Model, Trainable, summarize};
 use mura_train::bench::{BenchMode, ModelBench, bench_model as run_model_bench};
+use mura_train::{ExportOptions, export_model, export_run};
 
-use crate::args::{BenchModelArgs, BenchPipelineArgs, ModeArg, ModelArgs};
+use crate::args::{
+    BenchModelArgs, BenchPipelineArgs, ExportArgs, ExportFormat, ModeArg, ModelArgs,
+};
 
 pub fn model(a: &ModelArgs) -> Result<()> {
     if a.arch == "list" {
@@ -42,10 +45,10 @@ pub fn model(a: &ModelArgs) -> Result<()> {
         println!("{w} fits {name} ({n} tensors)");
     }
     if let Some(input) = &a.forward {
-        let (Some(weights), Some(out)) = (&a.weights, &a.out) else {
-            bail!("--forward needs --weights FILE and --out OUT.safetensors");
+        let Some(out) = &a.out else {
+            bail!("--forward needs --out OUT.safetensors");
         };
-        let r = forward_file(&model, &varmap, weights, input, out)?;
+        let r = forward_file(&model, &varmap, a.weights.as_deref(), input, out)?;
         println!(
             "wrote logits {:?} to {} ({} tensors loaded, {} ignored)",
             r.dims,
@@ -165,6 +168,49 @@ pub fn bench_pipeline(a: &BenchPipelineArgs) -> Result<()> {
             r.images,
             r.size
         );
+    }
+    Ok(())
+}
+
+/// `mura export`: a run, or an architecture of the zoo, as an ONNX file.
+pub fn export(a: &ExportArgs) -> Result<()> {
+    let ExportFormat::Onnx = a.format;
+    let options = ExportOptions {
+        opset: a.opset,
+        with_features: a.with_features,
+        weights: a.weights.into(),
+    };
+    let report = match (&a.run, &a.arch) {
+        (Some(run), _) => export_run(run, &a.out, &options)?,
+        (None, Some(arch)) => {
+            let config = a.config(Arch::from_name(arch)?);
+            export_model(
+                &config,
+                a.model_weights.as_deref(),
+                a.seed,
+                &a.out,
+                &options,
+            )?
+        }
+        (None, None) => bail!("give a run directory or --arch NAME"),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "wrote {} ({}, opset {}, {:.1} MB, {} nodes, {} weights; outputs {})",
+        report.out.display(),
+        report.arch,
+        report.opset,
+        report.bytes as f64 / 1e6,
+        report.nodes,
+        report.weights,
+        report.outputs.join(", ")
+    );
+    println!("operators: {}", report.ops.join(", "));
+    for (k, v) in &report.metadata {
+        println!("  {k} = {v}");
     }
     Ok(())
 }

@@ -13,24 +13,24 @@ pub use config::{CnnConfig, FilterGrowth, KernelGrowth, LocalPool, Readout};
 
 /// One convolution with its optional BatchNorm.
 #[derive(Debug, Clone)]
-struct ConvUnit {
-    conv: Conv,
-    bn: Option<BatchNorm>,
+pub(crate) struct ConvUnit {
+    pub(crate) conv: Conv,
+    pub(crate) bn: Option<BatchNorm>,
 }
 
 #[derive(Debug, Clone)]
-struct Block {
-    convs: Vec<ConvUnit>,
-    pool: Option<Pool2d>,
+pub(crate) struct Block {
+    pub(crate) convs: Vec<ConvUnit>,
+    pub(crate) pool: Option<Pool2d>,
 }
 
 /// SAGAN-style self-attention: out = x + γ · softmax(qᵀk) v, with γ starting at 0.
 #[derive(Debug, Clone)]
-struct SelfAttention {
-    query: Conv,
-    key: Conv,
-    value: Conv,
-    gamma: Tensor,
+pub(crate) struct SelfAttention {
+    pub(crate) query: Conv,
+    pub(crate) key: Conv,
+    pub(crate) value: Conv,
+    pub(crate) gamma: Tensor,
 }
 
 impl SelfAttention {
@@ -66,12 +66,12 @@ impl SelfAttention {
 /// A network of the custom CNN family.
 #[derive(Debug, Clone)]
 pub struct Cnn {
-    config: CnnConfig,
-    blocks: Vec<Block>,
-    attention: Option<SelfAttention>,
-    dense: Vec<Linear>,
-    classifier: Linear,
-    noise: Noise,
+    pub(crate) config: CnnConfig,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) attention: Option<SelfAttention>,
+    pub(crate) dense: Vec<Linear>,
+    pub(crate) classifier: Linear,
+    pub(crate) noise: Noise,
 }
 
 impl Cnn {

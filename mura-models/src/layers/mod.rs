@@ -43,13 +43,13 @@ fn add_macs(n: u64) {
 /// alike, so unequal padding is applied to the input first.
 #[derive(Debug, Clone)]
 pub struct Conv {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    stride: usize,
-    padding: (usize, usize),
-    dilation: usize,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) stride: usize,
+    pub(crate) padding: (usize, usize),
+    pub(crate) dilation: usize,
     /// A ReLU applied in the same pass (a folded conv → BatchNorm → ReLU).
-    relu: bool,
+    pub(crate) relu: bool,
 }
 
 /// Options of [`conv`].
@@ -207,6 +207,8 @@ pub fn linear_forward(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
 pub struct ConvBnAct {
     pub conv: Conv,
     pub bn: BatchNorm,
+    /// Its tensor-name prefix (`Mixed_5b.branch1x1`), naming its nodes in an exported graph.
+    pub(crate) name: String,
 }
 
 pub fn conv_bn_act(
@@ -219,6 +221,7 @@ pub fn conv_bn_act(
     Ok(ConvBnAct {
         conv: conv(c_in, c_out, cfg, vb.pp("conv"))?,
         bn: batch_norm(c_out, eps, vb.pp("bn"))?,
+        name: vb.prefix(),
     })
 }
 

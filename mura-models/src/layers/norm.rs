@@ -99,6 +99,23 @@ impl BatchNorm {
         self.weight.track_op() || self.bias.track_op()
     }
 
+    /// `Some(relu)` once folded into a convolution by [`BatchNorm::fold_into`], with or without
+    /// the ReLU after it.
+    pub(crate) fn folded(&self) -> Option<bool> {
+        self.folded
+    }
+
+    /// Scale, shift, running mean, running variance and epsilon.
+    pub(crate) fn parts(&self) -> (&Tensor, &Tensor, &Tensor, &Tensor, f64) {
+        (
+            &self.weight,
+            &self.bias,
+            self.running_mean.as_tensor(),
+            self.running_var.as_tensor(),
+            self.eps,
+        )
+    }
+
     /// True once folded into a convolution by [`BatchNorm::fold_into`].
     pub fn is_folded(&self) -> bool {
         self.folded.is_some()
