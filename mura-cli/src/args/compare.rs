@@ -87,8 +87,38 @@ pub struct CvArgs {
     /// Folder that receives `<name>-cv<K>/` with one run per fold.
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,
+    /// Run one fold only (1 to K); without a value, the fold of this array task:
+    /// SLURM_ARRAY_TASK_ID, else JOB_COMPLETION_INDEX, 0-based (task i runs fold i+1).
+    #[arg(long, num_args = 0..=1, conflicts_with_all = ["collect", "emit"])]
+    pub fold: Option<Option<usize>>,
+    /// Gather the folds run one by one into cv.csv and cv.json, naming any missing or unfinished.
+    #[arg(long, conflicts_with = "emit")]
+    pub collect: bool,
+    /// Print a job array that runs the folds on a cluster: an sbatch script, or a Kubernetes
+    /// Indexed Job manifest.
+    #[arg(long, value_enum)]
+    pub emit: Option<SchedulerArg>,
+    /// The container image for --emit k8s.
+    #[arg(long, default_value = "mura:latest")]
+    pub image: String,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// `--emit`: which scheduler a job array is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchedulerArg {
+    Slurm,
+    K8s,
+}
+
+impl From<SchedulerArg> for mura_train::cv::Scheduler {
+    fn from(s: SchedulerArg) -> Self {
+        match s {
+            SchedulerArg::Slurm => Self::Slurm,
+            SchedulerArg::K8s => Self::K8s,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

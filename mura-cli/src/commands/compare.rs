@@ -1,7 +1,7 @@
 //! `mura explain`, `report`, `ensemble`, `cv` and `threshold`.
 
 use anyhow::{Result, bail};
-use mura_train::cv::{CV_METRICS, cross_validate};
+use mura_train::cv::{self, CV_METRICS};
 use mura_train::ensemble::{EnsembleMode, Predictor, create_ensemble};
 use mura_train::evaluate::choose_threshold;
 use mura_train::explain::explain_images;
@@ -64,8 +64,47 @@ pub fn ensemble(a: &EnsembleArgs) -> Result<()> {
 
 pub fn cv(a: &CvArgs) -> Result<()> {
     let config = RunConfig::load(&a.config)?;
+    if let Some(scheduler) = a.emit {
+        let program = std::env::current_exe().unwrap_or_else(|_| "mura".into());
+        let s = scheduler.into();
+        print!(
+            "{}",
+            cv::emit_array(s, &program, &a.config, &config, a.folds, &a.out, &a.image)?
+        );
+        return Ok(());
+    }
     let mut progress = Progress::new(a.output);
-    let cv = cross_validate(&config, a.folds, &a.out, &interruptible(), &mut progress)?;
+    if let Some(fold) = a.fold {
+        let fold = match fold {
+            Some(f) => f,
+            None => cv::array_task(|k| std::env::var(k).ok())? + 1,
+        };
+        let Some(r) = cv::run_fold(
+            &config,
+            a.folds,
+            &a.out,
+            fold,
+            &interruptible(),
+            &mut progress,
+        )?
+        else {
+            bail!("fold {fold} interrupted; run the same command again to continue it");
+        };
+        if a.output.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else if !a.output.quiet {
+            println!("fold {fold} of {}: {}", a.folds, r.run.display());
+            print_fold_metrics(&r.metrics);
+        }
+        return Ok(());
+    }
+    let (cv, missing, unfinished) = if a.collect {
+        let c = cv::collect(&config, a.folds, &a.out)?;
+        (c.cv, c.missing, c.unfinished)
+    } else {
+        let cv = cv::cross_validate(&config, a.folds, &a.out, &interruptible(), &mut progress)?;
+        (cv, vec![], vec![])
+    };
     if a.output.json {
         println!("{}", serde_json::to_string(&cv)?);
     } else if !a.output.quiet {
@@ -82,6 +121,21 @@ pub fn cv(a: &CvArgs) -> Result<()> {
         }
         println!("wrote {0}/cv.csv and {0}/cv.json", cv.dir.display());
     }
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !missing.is_empty() || !unfinished.is_empty() {
+        bail!(
+            "{} of {} folds collected; missing (never started): [{}]; unfinished (running, failed or cancelled): [{}]",
+            cv.folds.len(),
+            a.folds,
+            list(&missing),
+            list(&unfinished)
+        );
+    }
     if cv.interrupted {
         bail!(
             "interrupted after {} of {} folds; run the same command again to continue",
@@ -90,6 +144,12 @@ pub fn cv(a: &CvArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn print_fold_metrics(metrics: &std::collections::BTreeMap<String, f64>) {
+    for (k, v) in metrics {
+        println!("{k:<18} {v:.4}");
+    }
 }
 
 pub fn threshold(a: &ThresholdArgs) -> Result<()> {

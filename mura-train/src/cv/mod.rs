@@ -8,23 +8,35 @@
 //! metric is reported as mean ± sample standard deviation (n - 1) over the folds, as the
 //! seed-004 report (docs/recipes.md) gives its 67.46% ± 7.88%. An interrupted cross-validation
 //! resumes: finished folds are kept, a started one resumes from its checkpoint.
+//!
+//! On a cluster the folds are independent jobs ([`run_fold`], one per array task, see
+//! [`jobs`]) and [`collect`] gathers them afterwards.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use mura_data::rng::derive_seed;
 use mura_data::{IndexOptions, Manifest, Role};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::config::RunConfig;
 use crate::evaluate::{EvaluateOptions, Evaluation, evaluate};
 use crate::fit::{FitEnd, FitOptions};
-use crate::io::write_durable;
+use crate::io::{read_json, write_durable, write_json};
 use crate::observer::Observer;
 use crate::run::{STREAM_SPLIT, Weights, create_run_dir, files};
 use crate::train::train;
 use crate::trained::Tta;
+
+pub mod jobs;
+
+pub use jobs::{ArrayJob, Scheduler, array_job, array_task, emit, emit_array};
+
+/// The folds of a cross-validation folder.
+const FOLDS: &str = "folds.csv";
+/// A finished fold's result, in its run directory.
+const FOLD_RESULT: &str = "fold.json";
 
 /// The metrics summarised over folds: study level on each fold's validation set, and image AUC.
 pub const CV_METRICS: [&str; 7] = [
@@ -38,7 +50,7 @@ pub const CV_METRICS: [&str; 7] = [
 ];
 
 /// One fold's result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FoldResult {
     /// 1-based.
     pub fold: usize,
@@ -46,11 +58,11 @@ pub struct FoldResult {
     pub val_images: usize,
     pub val_studies: usize,
     /// Each of [`CV_METRICS`] (absent when undefined).
-    pub metrics: BTreeMap<&'static str, f64>,
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// Mean and sample standard deviation of a metric over the folds where it is defined.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MeanStd {
     pub mean: f64,
     pub std: f64,
@@ -62,7 +74,7 @@ pub struct MeanStd {
 pub struct CvSummary {
     pub dir: PathBuf,
     pub folds: Vec<FoldResult>,
-    pub summary: BTreeMap<&'static str, MeanStd>,
+    pub summary: BTreeMap<String, MeanStd>,
     /// True when the run was interrupted before every fold finished.
     pub interrupted: bool,
 }
@@ -86,7 +98,7 @@ pub fn mean_std(values: &[f64]) -> Option<MeanStd> {
     })
 }
 
-fn fold_metrics(ev: &Evaluation) -> BTreeMap<&'static str, f64> {
+fn fold_metrics(ev: &Evaluation) -> BTreeMap<String, f64> {
     let s = &ev.studies.overall.report;
     let values = [
         s.auc,
@@ -100,7 +112,7 @@ fn fold_metrics(ev: &Evaluation) -> BTreeMap<&'static str, f64> {
     CV_METRICS
         .iter()
         .zip(values)
-        .filter_map(|(&k, v)| v.map(|v| (k, v)))
+        .filter_map(|(&k, v)| v.map(|v| (k.to_string(), v)))
         .collect()
 }
 
@@ -109,14 +121,15 @@ pub fn cv_dir(config: &RunConfig, folds: usize, out: &Path) -> PathBuf {
     out.join(format!("{}-cv{folds}", config.run_name()))
 }
 
-/// Trains and scores `folds` runs of `config`.
-pub fn cross_validate(
+/// Creates the cross-validation folder of `config` under `out` and its folds (`folds.csv`), or
+/// reads the folds already there. The folds are a function of the config and its seed, written
+/// atomically, so array tasks that start together agree on them.
+pub fn prepare(
     config: &RunConfig,
     folds: usize,
     out: &Path,
-    options: &FitOptions,
     observer: &mut dyn Observer,
-) -> Result<CvSummary, TrainError> {
+) -> Result<(PathBuf, Manifest), TrainError> {
     config.check()?;
     if config.data.manifest.is_some() {
         return Err(TrainError::Config {
@@ -125,84 +138,171 @@ pub fn cross_validate(
         });
     }
     let dir = cv_dir(config, folds, out);
-    let unwritable = |path: &Path, e: std::io::Error| TrainError::Unwritable {
-        path: path.to_path_buf(),
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::Unwritable {
+        path: dir.clone(),
         reason: e.to_string(),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| unwritable(&dir, e))?;
-    let folds_csv = dir.join("folds.csv");
-    let manifest = if folds_csv.exists() {
+    })?;
+    let folds_csv = dir.join(FOLDS);
+    if folds_csv.exists() {
         observer.message(&format!("reusing the folds of {}", folds_csv.display()));
-        Manifest::load(&folds_csv)?
+        return Ok((dir, Manifest::load(&folds_csv)?));
+    }
+    let root = config.data.root.as_deref().unwrap_or(Path::new(""));
+    let indexed = mura_data::index(root, &IndexOptions::default())?;
+    let parts = config.body_parts();
+    let dataset = if parts.is_empty() {
+        indexed.dataset
     } else {
-        let root = config.data.root.as_deref().unwrap_or(Path::new(""));
-        let indexed = mura_data::index(root, &IndexOptions::default())?;
-        let parts = config.body_parts();
-        let dataset = if parts.is_empty() {
-            indexed.dataset
-        } else {
-            indexed.dataset.body_parts(&parts)
-        };
-        let m = mura_data::k_fold(&dataset, folds, derive_seed(config.seed, &[STREAM_SPLIT]))?;
-        m.save(&folds_csv)?;
-        m
+        indexed.dataset.body_parts(&parts)
     };
-    let mut results = Vec::new();
-    let mut interrupted = false;
-    for f in 0..folds {
-        let name = format!("fold-{}", f + 1);
-        let run = dir.join(&name);
-        let split = dir.join(format!("{name}.csv"));
-        let mut fold_config = config.clone();
-        fold_config.name = Some(name.clone());
-        fold_config.data.manifest = Some(std::path::absolute(&split).unwrap_or(split.clone()));
-        observer.message(&format!("fold {} of {folds}: {}", f + 1, run.display()));
-        if !run.join(files::LAST).exists() {
-            manifest.fold_as_val(f as u32).save(&split)?;
-            create_run_dir(&fold_config, &dir)?;
-        }
-        let fold_config = RunConfig::load(&run.join(files::CONFIG))?;
-        let summary = train(&fold_config, &run, options, observer)?;
-        if let FitEnd::Interrupted { .. } = summary.end {
-            interrupted = true;
-            break;
-        }
-        let ev = evaluate(
-            &run,
-            EvaluateOptions {
-                role: Role::Val,
-                weights: Weights::Final,
-                resamples: 0,
-                threads: config.data.threads,
-                tta: Tta::None,
-            },
-        )?;
-        results.push(FoldResult {
-            fold: f + 1,
-            run,
-            val_images: ev.images.overall.report.n,
-            val_studies: ev.studies.overall.report.n,
-            metrics: fold_metrics(&ev),
+    let m = mura_data::k_fold(&dataset, folds, derive_seed(config.seed, &[STREAM_SPLIT]))?;
+    m.save(&folds_csv)?;
+    Ok((dir, m))
+}
+
+/// The run directory of fold `fold` (1-based) in the cross-validation folder `dir`.
+pub fn fold_dir(dir: &Path, fold: usize) -> PathBuf {
+    dir.join(format!("fold-{fold}"))
+}
+
+/// Trains and scores fold `fold` (1 to `folds`) of `config`: a run of its own, resumed when it
+/// has a checkpoint; its result lands in `fold-<i>/fold.json`. `None` when interrupted.
+pub fn run_fold(
+    config: &RunConfig,
+    folds: usize,
+    out: &Path,
+    fold: usize,
+    options: &FitOptions,
+    observer: &mut dyn Observer,
+) -> Result<Option<FoldResult>, TrainError> {
+    if fold == 0 || fold > folds {
+        return Err(TrainError::Config {
+            path: PathBuf::new(),
+            reason: format!("fold {fold} does not exist: the folds are 1 to {folds}"),
         });
     }
+    let (dir, manifest) = prepare(config, folds, out, observer)?;
+    let name = format!("fold-{fold}");
+    let run = fold_dir(&dir, fold);
+    let split = dir.join(format!("{name}.csv"));
+    let mut fold_config = config.clone();
+    fold_config.name = Some(name.clone());
+    fold_config.data.manifest = Some(std::path::absolute(&split).unwrap_or(split.clone()));
+    observer.message(&format!("fold {fold} of {folds}: {}", run.display()));
+    if !run.join(files::LAST).exists() {
+        manifest.fold_as_val(fold as u32 - 1).save(&split)?;
+        if !run.join(files::CONFIG).exists() {
+            create_run_dir(&fold_config, &dir)?;
+        }
+    }
+    let fold_config = RunConfig::load(&run.join(files::CONFIG))?;
+    let summary = train(&fold_config, &run, options, observer)?;
+    if let FitEnd::Interrupted { .. } = summary.end {
+        return Ok(None);
+    }
+    let ev = evaluate(
+        &run,
+        EvaluateOptions {
+            role: Role::Val,
+            weights: Weights::Final,
+            resamples: 0,
+            threads: config.data.threads,
+            tta: Tta::None,
+        },
+    )?;
+    let result = FoldResult {
+        fold,
+        run: run.clone(),
+        val_images: ev.images.overall.report.n,
+        val_studies: ev.studies.overall.report.n,
+        metrics: fold_metrics(&ev),
+    };
+    write_json(&run.join(FOLD_RESULT), &result)?;
+    Ok(Some(result))
+}
+
+/// Trains and scores the `folds` runs of `config` one after another, then summarises them.
+pub fn cross_validate(
+    config: &RunConfig,
+    folds: usize,
+    out: &Path,
+    options: &FitOptions,
+    observer: &mut dyn Observer,
+) -> Result<CvSummary, TrainError> {
+    let (dir, _) = prepare(config, folds, out, observer)?;
+    let mut results = Vec::new();
+    let mut interrupted = false;
+    for fold in 1..=folds {
+        match run_fold(config, folds, out, fold, options, observer)? {
+            Some(r) => results.push(r),
+            None => {
+                interrupted = true;
+                break;
+            }
+        }
+    }
+    let cv = summarise(dir, results, interrupted);
+    write_summary(&cv)?;
+    Ok(cv)
+}
+
+/// What `collect` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Collected {
+    #[serde(flatten)]
+    pub cv: CvSummary,
+    /// Folds with no run directory yet.
+    pub missing: Vec<usize>,
+    /// Folds whose run started but left no result (still running, failed or cancelled).
+    pub unfinished: Vec<usize>,
+}
+
+/// Gathers the finished folds of a cross-validation run as separate jobs (`run_fold`) into
+/// `cv.json` and `cv.csv`, and says which folds are missing or unfinished.
+pub fn collect(config: &RunConfig, folds: usize, out: &Path) -> Result<Collected, TrainError> {
+    let dir = cv_dir(config, folds, out);
+    if !dir.join(FOLDS).is_file() {
+        return Err(TrainError::Input {
+            path: dir,
+            reason: "no fold has started here (no folds.csv): nothing to collect".into(),
+        });
+    }
+    let (mut results, mut missing, mut unfinished) = (Vec::new(), Vec::new(), Vec::new());
+    for fold in 1..=folds {
+        let run = fold_dir(&dir, fold);
+        match read_json::<FoldResult>(&run.join(FOLD_RESULT))? {
+            Some(r) => results.push(r),
+            None if run.is_dir() => unfinished.push(fold),
+            None => missing.push(fold),
+        }
+    }
+    let interrupted = !(missing.is_empty() && unfinished.is_empty());
+    let cv = summarise(dir, results, interrupted);
+    write_summary(&cv)?;
+    Ok(Collected {
+        cv,
+        missing,
+        unfinished,
+    })
+}
+
+fn summarise(dir: PathBuf, folds: Vec<FoldResult>, interrupted: bool) -> CvSummary {
     let summary = CV_METRICS
         .iter()
         .filter_map(|&k| {
-            let v: Vec<f64> = results
+            let v: Vec<f64> = folds
                 .iter()
                 .filter_map(|r| r.metrics.get(k).copied())
                 .collect();
-            mean_std(&v).map(|m| (k, m))
+            mean_std(&v).map(|m| (k.to_string(), m))
         })
         .collect();
-    let cv = CvSummary {
-        dir: dir.clone(),
-        folds: results,
+    CvSummary {
+        dir,
+        folds,
         summary,
         interrupted,
-    };
-    write_summary(&cv)?;
-    Ok(cv)
+    }
 }
 
 /// Writes `cv.json` and `cv.csv` (one row per fold, then `mean` and `std`).
@@ -218,7 +318,7 @@ fn write_summary(cv: &CvSummary) -> Result<(), TrainError> {
     for r in &cv.folds {
         let cells: Vec<String> = CV_METRICS
             .iter()
-            .map(|k| cell(r.metrics.get(k).copied()))
+            .map(|k| cell(r.metrics.get(*k).copied()))
             .collect();
         csv.push_str(&format!(
             "{},{},{},{}\n",
@@ -234,7 +334,7 @@ fn write_summary(cv: &CvSummary) -> Result<(), TrainError> {
             .map(|k| {
                 cell(
                     cv.summary
-                        .get(k)
+                        .get(*k)
                         .map(|m| if pick == 0 { m.mean } else { m.std }),
                 )
             })
