@@ -26,6 +26,7 @@ pub mod run;
 pub mod schedule;
 mod session;
 pub mod state;
+pub mod sweep;
 pub mod tensorboard;
 pub mod train;
 pub mod trained;

@@ -94,15 +94,22 @@ pub struct CvArgs {
     /// Gather the folds run one by one into cv.csv and cv.json, naming any missing or unfinished.
     #[arg(long, conflicts_with = "emit")]
     pub collect: bool,
-    /// Print a job array that runs the folds on a cluster: an sbatch script, or a Kubernetes
+    #[command(flatten)]
+    pub jobs: EmitArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `--emit` and `--image`: a job array for a cluster instead of running.
+#[derive(Debug, Args)]
+pub struct EmitArgs {
+    /// Print a job array that runs the tasks on a cluster: an sbatch script, or a Kubernetes
     /// Indexed Job manifest.
     #[arg(long, value_enum)]
     pub emit: Option<SchedulerArg>,
     /// The container image for --emit k8s.
     #[arg(long, default_value = "mura:latest")]
     pub image: String,
-    #[command(flatten)]
-    pub output: OutputArgs,
 }
 
 /// `--emit`: which scheduler a job array is written for.
@@ -161,4 +168,25 @@ impl CompareArgs {
             threads: self.threads,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The sweep file: a base config, an output folder, a metric, a [grid] and/or [[runs]] of
+    /// config overrides (docs/usage.md).
+    pub file: PathBuf,
+    /// Run one point only (0 to N-1); without a value, the point of this array task
+    /// (SLURM_ARRAY_TASK_ID, else JOB_COMPLETION_INDEX).
+    #[arg(long, num_args = 0..=1, conflicts_with_all = ["collect", "emit", "list"])]
+    pub index: Option<Option<usize>>,
+    /// Rank the finished points by the sweep's metric into sweep.csv and sweep.json.
+    #[arg(long, conflicts_with_all = ["emit", "list"])]
+    pub collect: bool,
+    /// List the points (index, name, overrides) without running anything.
+    #[arg(long, conflicts_with = "emit")]
+    pub list: bool,
+    #[command(flatten)]
+    pub jobs: EmitArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }

@@ -13,7 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use mura_data::{IndexOptions, Indexed};
 use mura_train::{Tta, Weights};
 
-pub use compare::{CompareArgs, CvArgs, EnsembleArgs, ExplainArgs, ReportArgs, ThresholdArgs};
+pub use compare::{
+    CompareArgs, CvArgs, EnsembleArgs, ExplainArgs, ReportArgs, SweepArgs, ThresholdArgs,
+};
 pub use data::{CheckArgs, PreviewArgs, SplitArgs, StatsArgs, SynthArgs};
 pub use model::{
     BenchCommand, BenchModelArgs, BenchPipelineArgs, ExportArgs, ExportFormat, ModeArg, ModelArgs,
@@ -78,6 +80,10 @@ pub enum Command {
     /// K-fold cross-validation on patient-grouped stratified folds: K runs, each metric as
     /// mean ± std over the folds.
     Cv(CvArgs),
+    /// A grid (or list) of config overrides as named runs: all in turn, one per array task
+    /// (`--index`), ranked by a validation metric (`--collect`); `--emit slurm|k8s` prints the
+    /// job array.
+    Sweep(SweepArgs),
     /// Is run A better than run B? On the studies both score: DeLong's test of the study-level
     /// AUCs, and paired bootstrap intervals (resampling patients) of the kappa and accuracy
     /// differences, overall and per body part.

@@ -6,9 +6,12 @@ use mura_train::ensemble::{EnsembleMode, Predictor, create_ensemble};
 use mura_train::evaluate::choose_threshold;
 use mura_train::explain::explain_images;
 use mura_train::report::ReportOptions;
+use mura_train::sweep::Sweep;
 use mura_train::{RunConfig, TrainedRun, Weights};
 
-use crate::args::{CompareArgs, CvArgs, EnsembleArgs, ExplainArgs, ReportArgs, ThresholdArgs};
+use crate::args::{
+    CompareArgs, CvArgs, EnsembleArgs, ExplainArgs, ReportArgs, SweepArgs, ThresholdArgs,
+};
 use crate::output::{Progress, comparison_table, interruptible};
 
 pub fn explain(a: &ExplainArgs) -> Result<()> {
@@ -64,12 +67,20 @@ pub fn ensemble(a: &EnsembleArgs) -> Result<()> {
 
 pub fn cv(a: &CvArgs) -> Result<()> {
     let config = RunConfig::load(&a.config)?;
-    if let Some(scheduler) = a.emit {
+    if let Some(scheduler) = a.jobs.emit {
         let program = std::env::current_exe().unwrap_or_else(|_| "mura".into());
         let s = scheduler.into();
         print!(
             "{}",
-            cv::emit_array(s, &program, &a.config, &config, a.folds, &a.out, &a.image)?
+            cv::emit_array(
+                s,
+                &program,
+                &a.config,
+                &config,
+                a.folds,
+                &a.out,
+                &a.jobs.image
+            )?
         );
         return Ok(());
     }
@@ -150,6 +161,84 @@ fn print_fold_metrics(metrics: &std::collections::BTreeMap<String, f64>) {
     for (k, v) in metrics {
         println!("{k:<18} {v:.4}");
     }
+}
+
+/// `mura sweep`.
+pub fn sweep(a: &SweepArgs) -> Result<()> {
+    let sweep = Sweep::load(&a.file)?;
+    if let Some(scheduler) = a.jobs.emit {
+        let program = std::env::current_exe().unwrap_or_else(|_| "mura".into());
+        print!(
+            "{}",
+            sweep.emit_array(scheduler.into(), &program, &a.jobs.image)?
+        );
+        return Ok(());
+    }
+    if a.list {
+        for p in &sweep.points {
+            let o: Vec<String> = p
+                .overrides
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect();
+            println!("{:>3}  {:<40} {}", p.index, p.name, o.join(", "));
+        }
+        return Ok(());
+    }
+    if !a.collect {
+        let mut progress = Progress::new(a.output);
+        let indices: Vec<usize> = match a.index {
+            Some(Some(i)) => vec![i],
+            Some(None) => vec![cv::array_task(|k| std::env::var(k).ok())?],
+            None => (0..sweep.points.len()).collect(),
+        };
+        for i in indices {
+            if sweep
+                .run_point(i, &interruptible(), &mut progress)?
+                .is_none()
+            {
+                bail!("point {i} interrupted; run the same command again to continue it");
+            }
+        }
+        if a.index.is_some() {
+            return Ok(());
+        }
+    }
+    let r = sweep.collect()?;
+    if a.output.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else if !a.output.quiet {
+        println!(
+            "{} points ranked by validation {} ({})",
+            r.ranked.len(),
+            r.metric,
+            r.out.display()
+        );
+        for (rank, p) in r.ranked.iter().enumerate() {
+            let v = p
+                .metrics
+                .get(&r.metric)
+                .map_or("-".into(), |v| format!("{v:.4}"));
+            println!("{:>3}. {v:>7}  {}", rank + 1, p.name);
+        }
+        println!("wrote {0}/sweep.csv and {0}/sweep.json", r.out.display());
+    }
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !r.missing.is_empty() || !r.unfinished.is_empty() {
+        bail!(
+            "{} of {} points ranked; missing (never started): [{}]; unfinished (running, failed or cancelled): [{}]",
+            r.ranked.len(),
+            sweep.points.len(),
+            list(&r.missing),
+            list(&r.unfinished)
+        );
+    }
+    Ok(())
 }
 
 pub fn threshold(a: &ThresholdArgs) -> Result<()> {

@@ -29,6 +29,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(a) => compare::report(&a),
         Command::Ensemble(a) => compare::ensemble(&a),
         Command::Cv(a) => compare::cv(&a),
+        Command::Sweep(a) => compare::sweep(&a),
         Command::Threshold(a) => compare::threshold(&a),
         Command::Compare(a) => compare::compare(&a),
     }

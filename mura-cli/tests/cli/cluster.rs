@@ -345,3 +345,70 @@ fn folds_run_one_by_one_as_array_tasks_collect_into_the_one_process_table() {
         stdout(&o)
     );
 }
+
+#[test]
+fn a_sweep_runs_one_point_per_task_and_ranks_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_cv_config(dir.path());
+    let sweep = dir.path().join("sweep.toml");
+    fs::write(
+        &sweep,
+        "base = \"cv.toml\"\nout = \"sweep-runs\"\nmetric = \"study_kappa\"\n[grid]\n\"train.batch_size\" = [4, 8]\n",
+    )
+    .unwrap();
+    assert!(config.is_file());
+    let s = sweep.to_str().unwrap();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_mura"))
+            .args(["sweep", s])
+            .args(extra)
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let o = run(&["--list"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed = stdout(&o);
+    assert!(
+        listed.contains("00-batch_size=4") && listed.contains("train.batch_size = 8"),
+        "{listed}"
+    );
+    let o = run(&["--index", "0", "--quiet"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["--collect"], &[]);
+    assert!(
+        stderr(&o).contains("1 of 2 points ranked; missing (never started): [1]"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--index", "--quiet"], &[("SLURM_ARRAY_TASK_ID", "1")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["--collect"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("2 points ranked by validation study_kappa"),
+        "{}",
+        stdout(&o)
+    );
+    let csv = fs::read_to_string(dir.path().join("sweep-runs").join("sweep.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let o = run(&["--index", "2"], &[]);
+    assert!(
+        stderr(&o).contains("point 2 does not exist: the points are 0 to 1"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--emit", "slurm"], &[]);
+    assert!(
+        stdout(&o).lines().any(|l| l == "#SBATCH --array=0-1"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("sweep.toml --index --quiet"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -45,6 +45,8 @@ pub enum Scheduler {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArrayJob {
     pub name: String,
+    /// What each task does, for the script's first comment ("one fold each (...)").
+    pub task: String,
     pub tasks: usize,
     pub command: Vec<String>,
     pub collect: Vec<String>,
@@ -88,6 +90,7 @@ pub fn array_job(
     let gpus = usize::from(config.device.starts_with("cuda"));
     ArrayJob {
         name: format!("mura-cv-{}", config.run_name()),
+        task: "one fold each (task i trains fold-(i+1))".into(),
         tasks: folds,
         command,
         collect,
@@ -152,7 +155,7 @@ fn slurm(job: &ArrayJob) -> String {
     };
     format!(
         "#!/bin/bash\n\
-         # {tasks} tasks, one fold each; submit with: sbatch THIS_FILE\n\
+         # {tasks} tasks, {task}; submit with: sbatch THIS_FILE\n\
          #SBATCH --job-name={name}\n\
          #SBATCH --array=0-{last}\n\
          #SBATCH --cpus-per-task={cpus}\n\
@@ -161,12 +164,13 @@ fn slurm(job: &ArrayJob) -> String {
          #SBATCH --output={logs}/slurm-%A_%a.out\n\
          set -euo pipefail\n\
          mkdir -p {logs}\n\
-         # The fold comes from SLURM_ARRAY_TASK_ID (0-based: task i trains fold-(i+1)); a\n\
-         # requeued task resumes its fold from its checkpoint.\n\
+         # Each task reads its index from SLURM_ARRAY_TASK_ID; a requeued task resumes its run\n\
+         # from its checkpoint.\n\
          {command}\n\
-         # When every task has ended, gather the folds (it names any missing or unfinished):\n\
+         # When every task has ended, gather the results (it names any missing or unfinished):\n\
          #   sbatch --dependency=afterany:$SLURM_ARRAY_JOB_ID --wrap {collect}\n",
         tasks = job.tasks,
+        task = job.task,
         name = job.name,
         last = job.tasks.saturating_sub(1),
         cpus = job.cpus,
@@ -196,9 +200,9 @@ fn k8s(job: &ArrayJob, image: &str) -> String {
         n => format!("\n              nvidia.com/gpu: {n}"),
     };
     format!(
-        "# {tasks} tasks, one fold each (JOB_COMPLETION_INDEX i trains fold-(i+1)); the paths\n\
-         # below must be on storage every pod mounts. Apply with: kubectl apply -f THIS_FILE\n\
-         # Then gather the folds: {collect}\n\
+        "# {tasks} tasks, {task}, the index from JOB_COMPLETION_INDEX; the paths below must\n\
+         # be on storage every pod mounts. Apply with: kubectl apply -f THIS_FILE\n\
+         # Then gather the results: {collect}\n\
          apiVersion: batch/v1\n\
          kind: Job\n\
          metadata:\n\
@@ -219,6 +223,7 @@ fn k8s(job: &ArrayJob, image: &str) -> String {
          \x20           limits:\n\
          \x20             cpu: \"{cpus}\"{gpu}\n",
         tasks = job.tasks,
+        task = job.task,
         name = job.name.to_lowercase().replace(['_', '.'], "-"),
         retries = 2 * job.tasks,
         image = serde_json::to_string(image).unwrap_or_default(),
@@ -263,6 +268,7 @@ mod tests {
     fn job() -> ArrayJob {
         ArrayJob {
             name: "mura-cv-dn121".into(),
+            task: "one fold each".into(),
             tasks: 3,
             command: vec![
                 "/opt/mura".into(),

@@ -98,7 +98,7 @@ pub fn mean_std(values: &[f64]) -> Option<MeanStd> {
     })
 }
 
-fn fold_metrics(ev: &Evaluation) -> BTreeMap<String, f64> {
+pub(crate) fn fold_metrics(ev: &Evaluation) -> BTreeMap<String, f64> {
     let s = &ev.studies.overall.report;
     let values = [
         s.auc,
@@ -195,21 +195,9 @@ pub fn run_fold(
             create_run_dir(&fold_config, &dir)?;
         }
     }
-    let fold_config = RunConfig::load(&run.join(files::CONFIG))?;
-    let summary = train(&fold_config, &run, options, observer)?;
-    if let FitEnd::Interrupted { .. } = summary.end {
+    let Some(ev) = train_and_validate(&run, options, observer)? else {
         return Ok(None);
-    }
-    let ev = evaluate(
-        &run,
-        EvaluateOptions {
-            role: Role::Val,
-            weights: Weights::Final,
-            resamples: 0,
-            threads: config.data.threads,
-            tta: Tta::None,
-        },
-    )?;
+    };
     let result = FoldResult {
         fold,
         run: run.clone(),
@@ -219,6 +207,28 @@ pub fn run_fold(
     };
     write_json(&run.join(FOLD_RESULT), &result)?;
     Ok(Some(result))
+}
+
+/// Trains (or resumes) the run in `run` to its end and scores it on its validation studies
+/// (no intervals); `None` when interrupted.
+pub(crate) fn train_and_validate(
+    run: &Path,
+    options: &FitOptions,
+    observer: &mut dyn Observer,
+) -> Result<Option<Evaluation>, TrainError> {
+    let config = RunConfig::load(&run.join(files::CONFIG))?;
+    let summary = train(&config, run, options, observer)?;
+    if let FitEnd::Interrupted { .. } = summary.end {
+        return Ok(None);
+    }
+    let options = EvaluateOptions {
+        role: Role::Val,
+        weights: Weights::Final,
+        resamples: 0,
+        threads: config.data.threads,
+        tta: Tta::None,
+    };
+    Ok(Some(evaluate(run, options)?))
 }
 
 /// Trains and scores the `folds` runs of `config` one after another, then summarises them.
