@@ -299,25 +299,36 @@ pub fn train_epoch_with(
         }
         let logits = b.logits(model, true)?;
         let loss = optim.regularize(bce_with_logits(&logits, &b.y, Some(&b.w))?)?;
-        let value = f64::from(loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
+        let grads = loss.backward()?;
+        // One read-back per step, whatever the device: the loss, each gradient's sum (NaN or
+        // infinity in a gradient shows in its sum) and the batch's probabilities.
+        let (names, sums) = optim.gradient_sums(&grads)?;
+        let probs = candle_nn::ops::sigmoid(&logits.narrow(1, 0, 1)?.detach())?.flatten_all()?;
+        let f32 = candle_core::DType::F32;
+        let mut parts = vec![loss.detach().to_dtype(f32)?.reshape(1)?];
+        parts.extend(sums);
+        parts.push(probs.to_dtype(f32)?);
+        let host: Vec<f32> = Tensor::cat(&parts, 0)?.to_vec1()?;
+        let (value, rest) = host.split_first().unwrap_or((&f32::NAN, &[]));
+        let value = f64::from(*value);
         if !value.is_finite() {
             return Err(non_finite("the loss".into(), value));
         }
-        let grads = loss.backward()?;
-        if let Some((name, value)) = optim.non_finite_gradient(&grads)? {
-            return Err(non_finite(format!("the gradient of {name}"), value));
+        let (sums, p) = rest.split_at(names.len().min(rest.len()));
+        if let Some((name, s)) = names.iter().zip(sums).find(|(_, s)| !s.is_finite()) {
+            return Err(non_finite(format!("the gradient of {name}"), f64::from(*s)));
         }
         optim.step(&grads)?;
-        let p: Vec<f32> = candle_nn::ops::sigmoid(&logits.narrow(1, 0, 1)?.detach())?
-            .flatten_all()?
-            .to_vec1()?;
         let n = b.indices.len();
         progress.steps += 1;
         progress.loss_sum += value * n as f64;
         progress.images += n;
-        progress
-            .predictions
-            .extend(b.indices.iter().copied().zip(p.into_iter().map(f64::from)));
+        progress.predictions.extend(
+            b.indices
+                .iter()
+                .copied()
+                .zip(p.iter().map(|&v| f64::from(v))),
+        );
         progress.seconds += t.elapsed().as_secs_f64();
         t = Instant::now();
         if stop(progress) {

@@ -116,13 +116,14 @@ impl Optim {
         self.schedule = schedule;
     }
 
-    /// The first optimised variable whose gradient holds NaN or infinity, with the sum of that
-    /// gradient (NaN or ±inf); `None` when all are finite. One reduction per variable and a
-    /// single read-back.
-    pub fn non_finite_gradient(
+    /// The names of the optimised variables that have a gradient in `grads`, and the sum of each
+    /// of those gradients, stacked into one f32 tensor on their device and not read back (`None`
+    /// when no variable has a gradient): a gradient holds NaN or infinity exactly when its sum
+    /// does.
+    pub fn gradient_sums(
         &self,
         grads: &GradStore,
-    ) -> Result<Option<(String, f64)>, TrainError> {
+    ) -> Result<(Vec<&String>, Option<Tensor>), TrainError> {
         let mut names = Vec::new();
         let mut sums = Vec::new();
         for (name, var) in &self.vars {
@@ -131,10 +132,25 @@ impl Optim {
                 sums.push(g.to_dtype(DType::F32)?.sum_all()?);
             }
         }
-        if sums.is_empty() {
+        let sums = match sums.is_empty() {
+            true => None,
+            false => Some(Tensor::stack(&sums, 0)?),
+        };
+        Ok((names, sums))
+    }
+
+    /// The first optimised variable whose gradient holds NaN or infinity, with the sum of that
+    /// gradient (NaN or ±inf); `None` when all are finite. One reduction per variable and a
+    /// single read-back.
+    pub fn non_finite_gradient(
+        &self,
+        grads: &GradStore,
+    ) -> Result<Option<(String, f64)>, TrainError> {
+        let (names, sums) = self.gradient_sums(grads)?;
+        let Some(sums) = sums else {
             return Ok(None);
-        }
-        let sums: Vec<f32> = Tensor::stack(&sums, 0)?.to_vec1()?;
+        };
+        let sums: Vec<f32> = sums.to_vec1()?;
         Ok(names
             .into_iter()
             .zip(sums)
