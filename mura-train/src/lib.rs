@@ -18,6 +18,7 @@ pub mod lock;
 pub mod loss;
 pub mod observer;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod policy;
 pub mod predict;

@@ -79,6 +79,11 @@ impl Optim {
         &self.config
     }
 
+    /// The optimised variables, by name, in the order the updates run.
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
     /// Adds λ·Σw² over the optimised kernels (rank ≥ 2) to the loss [`Optim::regularize`] returns.
     pub fn with_l2(mut self, l2: f64) -> Result<Self, TrainError> {
         if !(l2.is_finite() && l2 >= 0.0) {
