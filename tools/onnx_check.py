@@ -3,9 +3,10 @@
 
 For each architecture of the zoo (seeded weights, its default input size): `mura export --arch`
 writes the ONNX file with its feature map; `mura model --forward` runs mura's own forward on a
-random batch; ONNX Runtime runs the file on the same batch. The logits and feature maps must agree
-to 1e-4 of their largest value (f32 sums in another order), and `probability` must be the sigmoid
-of the logits. Then the file's images/s in ONNX Runtime (batch 16, `--threads` intra-op threads,
+random batch; ONNX Runtime runs the file on the same batch. The logits must agree to 1e-4 of their
+largest value (f32 sums in another order), `probability` must be the sigmoid of the logits, and
+`features` must have the shape the file declares (its values are compared with mura's in the Rust
+tests, through tract). Then the file's images/s in ONNX Runtime (batch 16, `--threads` intra-op threads,
 all graph optimisations) beside `mura bench model` on the same batch and threads, each the median
 of `--iters` timed runs after two warm-up runs, the two measured back to back.
 

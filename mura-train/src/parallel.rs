@@ -178,11 +178,11 @@ pub fn parallel_step(
     let vars = optim.vars();
     let present: Vec<(&candle_core::Var, Tensor)> = vars
         .iter()
-        .filter_map(|(_, v)| grads.get(v.as_tensor()).map(|g| (v, (g * share))))
-        .map(|(v, g)| g.map(|g| (v, g)))
-        .collect::<Result<_, _>>()?;
+        .filter_map(|(_, v)| grads.get(v.as_tensor()).map(|g| (v, g.clone())))
+        .collect();
     let tensors: Vec<Tensor> = present.iter().map(|(_, g)| g.clone()).collect();
     let mut flat = flatten(&tensors)?;
+    flat.iter_mut().for_each(|g| *g *= share as f32);
     group.all_reduce_sum(rank, &mut flat)?;
     for ((v, _), g) in present.iter().zip(unflatten(&flat, &tensors)?) {
         grads.insert(v.as_tensor(), g);

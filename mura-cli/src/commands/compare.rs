@@ -132,21 +132,13 @@ pub fn cv(a: &CvArgs) -> Result<()> {
         }
         println!("wrote {0}/cv.csv and {0}/cv.json", cv.dir.display());
     }
-    let list = |v: &[usize]| {
-        v.iter()
-            .map(|f| f.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if !missing.is_empty() || !unfinished.is_empty() {
-        bail!(
-            "{} of {} folds collected; missing (never started): [{}]; unfinished (running, failed or cancelled): [{}]",
-            cv.folds.len(),
-            a.folds,
-            list(&missing),
-            list(&unfinished)
-        );
-    }
+    incomplete(
+        "folds collected",
+        cv.folds.len(),
+        a.folds,
+        &missing,
+        &unfinished,
+    )?;
     if cv.interrupted {
         bail!(
             "interrupted after {} of {} folds; run the same command again to continue",
@@ -223,19 +215,29 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
         }
         println!("wrote {0}/sweep.csv and {0}/sweep.json", r.out.display());
     }
+    let (done, total) = (r.ranked.len(), sweep.points.len());
+    incomplete("points ranked", done, total, &r.missing, &r.unfinished)
+}
+
+/// An error naming the missing and unfinished tasks of a job array, when there are any.
+fn incomplete(
+    what: &str,
+    done: usize,
+    total: usize,
+    missing: &[usize],
+    unfinished: &[usize],
+) -> Result<()> {
     let list = |v: &[usize]| {
         v.iter()
             .map(|f| f.to_string())
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if !r.missing.is_empty() || !r.unfinished.is_empty() {
+    if !missing.is_empty() || !unfinished.is_empty() {
         bail!(
-            "{} of {} points ranked; missing (never started): [{}]; unfinished (running, failed or cancelled): [{}]",
-            r.ranked.len(),
-            sweep.points.len(),
-            list(&r.missing),
-            list(&r.unfinished)
+            "{done} of {total} {what}; missing (never started): [{}]; unfinished (running, failed or cancelled): [{}]",
+            list(missing),
+            list(unfinished)
         );
     }
     Ok(())
