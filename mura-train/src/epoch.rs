@@ -15,6 +15,7 @@ use mura_models::Model;
 use crate::TrainError;
 use crate::loss::bce_with_logits;
 use crate::optim::Optim;
+use crate::parallel::Workers;
 
 /// One labelled image.
 #[derive(Debug, Clone, PartialEq)]
@@ -275,6 +276,21 @@ pub fn train_epoch_with(
     progress: &mut EpochProgress,
     stop: &mut dyn FnMut(&EpochProgress) -> bool,
 ) -> Result<EpochEnd, TrainError> {
+    let at = (seed, epoch);
+    train_ranks(model, optim, None, batches, at, progress, stop)
+}
+
+/// [`train_epoch_with`] with `model` and `optim` as rank 0 of a data-parallel run whose other
+/// ranks are `workers` (one process when `None`); `(seed, epoch)` seed dropout.
+pub fn train_ranks(
+    model: &Model,
+    optim: &mut Optim,
+    workers: Option<&Workers>,
+    batches: impl Iterator<Item = Result<Batch, TrainError>>,
+    (seed, epoch): (u64, u64),
+    progress: &mut EpochProgress,
+    stop: &mut dyn FnMut(&EpochProgress) -> bool,
+) -> Result<EpochEnd, TrainError> {
     let mut t = Instant::now();
     for batch in batches {
         let b = batch?;
@@ -297,28 +313,13 @@ pub fn train_epoch_with(
                 ));
             }
         }
-        let logits = b.logits(model, true)?;
-        let loss = optim.regularize(bce_with_logits(&logits, &b.y, Some(&b.w))?)?;
-        let grads = loss.backward()?;
-        // One read-back per step, whatever the device: the loss, each gradient's sum (NaN or
-        // infinity in a gradient shows in its sum) and the batch's probabilities.
-        let (names, sums) = optim.gradient_sums(&grads)?;
-        let probs = candle_nn::ops::sigmoid(&logits.narrow(1, 0, 1)?.detach())?.flatten_all()?;
-        let f32 = candle_core::DType::F32;
-        let mut parts = vec![loss.detach().to_dtype(f32)?.reshape(1)?];
-        parts.extend(sums);
-        parts.push(probs.to_dtype(f32)?);
-        let host: Vec<f32> = Tensor::cat(&parts, 0)?.to_vec1()?;
-        let (value, rest) = host.split_first().unwrap_or((&f32::NAN, &[]));
-        let value = f64::from(*value);
-        if !value.is_finite() {
-            return Err(non_finite("the loss".into(), value));
-        }
-        let (sums, p) = rest.split_at(names.len().min(rest.len()));
-        if let Some((name, s)) = names.iter().zip(sums).find(|(_, s)| !s.is_finite()) {
-            return Err(non_finite(format!("the gradient of {name}"), f64::from(*s)));
-        }
-        optim.step(&grads)?;
+        let (value, p) = match workers {
+            Some(w) => {
+                let r = w.step(model, optim, &b, (seed, epoch, step))?;
+                (r.loss, r.probabilities)
+            }
+            None => one_step(model, optim, &b, &non_finite)?,
+        };
         let n = b.indices.len();
         progress.steps += 1;
         progress.loss_sum += value * n as f64;
@@ -337,6 +338,38 @@ pub fn train_epoch_with(
     }
     progress.seconds += t.elapsed().as_secs_f64();
     Ok(EpochEnd::Completed)
+}
+
+/// One optimiser step on `b` in this process: the loss and the batch's probabilities. A
+/// non-finite loss or gradient is an error (made by `non_finite`) before the step is applied.
+fn one_step(
+    model: &Model,
+    optim: &mut Optim,
+    b: &Batch,
+    non_finite: &dyn Fn(String, f64) -> TrainError,
+) -> Result<(f64, Vec<f32>), TrainError> {
+    let logits = b.logits(model, true)?;
+    let loss = optim.regularize(bce_with_logits(&logits, &b.y, Some(&b.w))?)?;
+    let grads = loss.backward()?;
+    // One read-back per step, whatever the device: the loss, each gradient's sum (NaN or
+    // infinity in a gradient shows in its sum) and the batch's probabilities.
+    let (names, sums) = optim.gradient_sums(&grads)?;
+    let probs = candle_nn::ops::sigmoid(&logits.narrow(1, 0, 1)?.detach())?.flatten_all()?;
+    let f32 = candle_core::DType::F32;
+    let mut parts = vec![loss.detach().to_dtype(f32)?.reshape(1)?];
+    parts.extend(sums);
+    parts.push(probs.to_dtype(f32)?);
+    let mut host: Vec<f32> = Tensor::cat(&parts, 0)?.to_vec1()?;
+    let value = f64::from(host.first().copied().unwrap_or(f32::NAN));
+    if !value.is_finite() {
+        return Err(non_finite("the loss".into(), value));
+    }
+    let probs = host.split_off((1 + names.len()).min(host.len()));
+    if let Some((name, s)) = names.iter().zip(&host[1..]).find(|(_, s)| !s.is_finite()) {
+        return Err(non_finite(format!("the gradient of {name}"), f64::from(*s)));
+    }
+    optim.step(&grads)?;
+    Ok((value, probs))
 }
 
 /// Eval-mode abnormality probabilities (sigmoid of the first logit), as (example index,

@@ -20,13 +20,14 @@ use crate::TrainError;
 use crate::cache::{self, FeatureCache};
 use crate::config::RunConfig;
 use crate::epoch::{
-    Batch, EpochEnd, EpochProgress, Example, batches, batches_from, predict, train_epoch_with,
+    Batch, EpochEnd, EpochProgress, Example, batches, batches_from, predict, train_ranks,
 };
 use crate::history::{self, HistoryRow};
 use crate::io::write_json;
 use crate::lock::RunLock;
 use crate::observer::Observer;
 use crate::optim::Scheduled;
+use crate::parallel::Workers;
 use crate::policy::{Monitor, StopDecision, improves};
 use crate::run::{class_weights, device, files, loader, pipelines};
 use crate::session::{CheckpointClock, Session};
@@ -124,6 +125,14 @@ pub fn fit(
         train.len(),
         val.len()
     ));
+    let ranks = config.train.ranks();
+    if ranks > 1 {
+        observer.message(&format!(
+            "data-parallel: {ranks} ranks, {} images per rank of each batch of {}",
+            config.train.batch_size.div_ceil(ranks),
+            config.train.batch_size
+        ));
+    }
     let mut epochs = Epochs::new(config, dir, options, (train, val), &s, dev)?;
     let mut clock = CheckpointClock::new(&config.train, s.state.global_step);
     let mut end = None;
@@ -180,6 +189,8 @@ struct Epochs<'a> {
     events: Option<EventWriter>,
     /// (train, val) features of the frozen backbone; `Some(None)` once found too large.
     cache: Option<Option<(FeatureCache, FeatureCache)>>,
+    /// Ranks 1.. of data-parallel training (the session is rank 0).
+    workers: Option<Workers>,
 }
 
 impl<'a> Epochs<'a> {
@@ -196,6 +207,7 @@ impl<'a> Epochs<'a> {
             true => Some(EventWriter::create(&dir.join(tensorboard::DIR))?),
             false => None,
         };
+        let workers = Workers::start(config, config.train.ranks())?;
         Ok(Self {
             config,
             dir,
@@ -207,6 +219,7 @@ impl<'a> Epochs<'a> {
             eval_pipe,
             events,
             cache: None,
+            workers,
         })
     }
 
@@ -338,16 +351,19 @@ impl<'a> Epochs<'a> {
             total_steps: steps_per_epoch * u64::from(t.epochs),
             step: s.state.global_step,
         }));
+        if let Some(w) = &self.workers {
+            w.mirror(s)?;
+        }
         let stop_after = self.options.stop_after_steps;
         let mut global = s.state.global_step;
         loop {
             let mut due = false;
-            let ended = train_epoch_with(
+            let ended = train_ranks(
                 &s.model,
                 &mut s.optim,
+                self.workers.as_ref(),
                 &mut batches,
-                self.config.seed,
-                u64::from(epoch),
+                (self.config.seed, u64::from(epoch)),
                 &mut progress,
                 &mut |p: &EpochProgress| {
                     global += 1;

@@ -33,8 +33,8 @@ pub mod train;
 pub mod trained;
 
 pub use config::{
-    Augment, ClassWeighting, DataConfig, EarlyStoppingSettings, FineTune, Freeze, Overrides,
-    PretrainedConfig, RunConfig, TrainConfig,
+    Augment, ClassWeighting, DataConfig, DataParallel, EarlyStoppingSettings, FineTune, Freeze,
+    Overrides, PretrainedConfig, RunConfig, TrainConfig,
 };
 pub use ensemble::{EnsembleMode, Input, Predictor, create_ensemble};
 pub use epoch::{
@@ -129,6 +129,9 @@ pub enum TrainError {
         path: std::path::PathBuf,
         reason: String,
     },
+    /// A data-parallel rank failed or was stopped by another's failure.
+    #[error("data-parallel training: {reason}")]
+    Parallel { reason: String },
     #[error("plot: {0}")]
     Plot(String),
     #[error(transparent)]

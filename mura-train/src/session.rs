@@ -62,7 +62,7 @@ impl Session {
     }
 
     /// A new run's model (initialised from the seed), first-stage optimiser and state.
-    fn new(config: &RunConfig, dev: &Device) -> Result<Self, TrainError> {
+    pub(crate) fn new(config: &RunConfig, dev: &Device) -> Result<Self, TrainError> {
         let (mut model, varmap) = Model::with_seed(&config.model, config.seed, dev)?;
         model.set_trainable(&trainable(config, 0))?;
         let o = optimizer(config, 0);

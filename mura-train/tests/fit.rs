@@ -3,105 +3,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
 use candle_core::Device;
-use mura_data::synth::{Difficulty, SynthConfig, generate};
-use mura_models::{Arch, CnnConfig, LocalPool, ModelConfig, Readout};
+use mura_models::{CnnConfig, ModelConfig};
 use mura_train::policy::{Monitor, PlateauConfig};
 use mura_train::run::{device, files};
 use mura_train::{
-    ClassWeighting, DataConfig, EarlyStoppingSettings, EvaluateOptions, FitEnd, FitOptions,
-    OptimizerConfig, RunConfig, Silent, TrainConfig, TrainError, Weights, create_run_dir, evaluate,
-    fit,
+    EarlyStoppingSettings, EvaluateOptions, FitEnd, FitOptions, RunConfig, Silent, TrainError,
+    Weights, create_run_dir, evaluate, fit,
 };
 
-/// One small, easy synthetic data set shared by the tests (generated once per test binary).
-fn data() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        generate(
-            dir.path(),
-            &SynthConfig {
-                studies: 500,
-                seed: 3,
-                max_side: 128,
-                valid_fraction: 0.2,
-                odd_format_fraction: 0.0,
-                difficulty: Difficulty::Easy,
-            },
-        )
-        .unwrap();
-        dir
-    })
-    .path()
-}
+mod common;
 
-/// A 5-block CNN (8 filters doubling) on `size`-px gray input, Adam 3e-3, balanced weights, the
-/// MURA paper's flips and rotations.
-fn config(name: &str, epochs: u32) -> RunConfig {
-    sized(name, epochs, 48)
-}
-
-fn sized(name: &str, epochs: u32, size: usize) -> RunConfig {
-    RunConfig {
-        name: Some(name.into()),
-        seed: 11,
-        device: "cpu".into(),
-        data: DataConfig {
-            class_weights: ClassWeighting::Balanced,
-            resize: mura_augment::ResizeMode::Stretch,
-            ..DataConfig::new(Some(data().to_path_buf()))
-        },
-        model: ModelConfig {
-            in_channels: 1,
-            input_size: Some(size),
-            cnn: Some(CnnConfig {
-                blocks: if size >= 96 { 5 } else { 4 },
-                filters: 8,
-                pool: Some(LocalPool::Max),
-                readout: Readout::GlobalMax,
-                dropout: 0.1,
-                ..CnnConfig::custom_cnn()
-            }),
-            ..ModelConfig::new(Arch::CustomCnn)
-        },
-        pretrained: None,
-        train: TrainConfig {
-            epochs,
-            batch_size: 16,
-            optimizer: OptimizerConfig::adam(3e-3),
-            ..TrainConfig::default()
-        },
-    }
-}
-
-fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let map = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = map
-        .into_iter()
-        .map(|(n, t)| {
-            let v = t
-                .to_dtype(candle_core::DType::F32)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            (n, v)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn new_run(c: &RunConfig) -> (tempfile::TempDir, PathBuf) {
-    let out = tempfile::tempdir().unwrap();
-    let dir = create_run_dir(c, out.path()).unwrap();
-    (out, dir)
-}
+use common::{config, diverging, new_run, sized, tensors};
 
 #[test]
 fn a_run_learns_and_leaves_a_complete_run_directory() {
@@ -240,13 +153,7 @@ fn an_interrupted_run_resumes_to_the_same_weights_bit_for_bit() {
 #[test]
 fn a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint() {
     let mut c = config("nan", 3);
-    c.train.optimizer = OptimizerConfig::Sgd {
-        // Large enough that the weights overflow f32 after the first step.
-        lr: 1e300,
-        momentum: 0.0,
-        nesterov: false,
-        weight_decay: 0.0,
-    };
+    c.train.optimizer = diverging();
     let (_out, dir) = new_run(&c);
     let err = fit(&c, &dir, &FitOptions::default(), &mut Silent).unwrap_err();
     let msg = err.to_string();

@@ -91,9 +91,12 @@ fn replica_with(config: &ModelConfig, seed: u64, opt: OptimizerConfig) -> (Model
 }
 
 fn one_process(config: &ModelConfig) -> Vec<f32> {
+    one_process_on(config, &|k| batch(k, config.in_channels))
+}
+
+fn one_process_on(config: &ModelConfig, make: &(dyn Fn(usize) -> Batch + Sync)) -> Vec<f32> {
     let (model, mut optim) = replica(config, 1);
-    let c = config.in_channels;
-    let batches = (0..STEPS).map(|k| Ok(batch(k, c)));
+    let batches = (0..STEPS).map(|k| Ok(make(k)));
     train_epoch(&model, &mut optim, batches, 5, 0).unwrap();
     weights(&optim)
 }
@@ -101,6 +104,14 @@ fn one_process(config: &ModelConfig) -> Vec<f32> {
 /// Every rank's weights after the same steps; replicas start from other seeds and are made
 /// equal by the broadcast from rank 0 (seed 1, as the one process).
 fn ranks(config: &ModelConfig, world: usize) -> Vec<Vec<f32>> {
+    ranks_on(config, world, &|k| batch(k, config.in_channels))
+}
+
+fn ranks_on(
+    config: &ModelConfig,
+    world: usize,
+    make: &(dyn Fn(usize) -> Batch + Sync),
+) -> Vec<Vec<f32>> {
     let group = ThreadGroup::new(world).unwrap();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..world)
@@ -111,9 +122,12 @@ fn ranks(config: &ModelConfig, world: usize) -> Vec<Vec<f32>> {
                     broadcast_weights(&optim, group, rank, 0).unwrap();
                     for k in 0..STEPS {
                         model.set_seed(mura_train::epoch::step_seed(5, 0, k as u64));
-                        let b = shard(&batch(k, config.in_channels), rank, group.world()).unwrap();
-                        let at = (1, k as u64 + 1);
-                        parallel_step(&model, &mut optim, &b, BATCH, group, rank, at).unwrap();
+                        let whole = make(k);
+                        let b = shard(&whole, rank, group.world()).unwrap();
+                        let (n, at) = (whole.indices.len(), (1, k as u64 + 1));
+                        let out =
+                            parallel_step(&model, &mut optim, &b, n, group, rank, at).unwrap();
+                        assert_eq!(out.probabilities.len(), b.indices.len());
                     }
                     weights(&optim)
                 })
@@ -141,6 +155,24 @@ fn two_and_four_ranks_train_to_the_one_process_weights() {
         // The steps did move the weights.
         let (_, start) = replica(&config, 1);
         assert_ne!(weights(&start), reference);
+    }
+}
+
+#[test]
+fn a_batch_smaller_than_the_ranks_leaves_a_rank_idle_and_the_result_unchanged() {
+    let config = config(false);
+    // Two images over three ranks: rank 2's shard is empty.
+    let small = |k: usize| shard(&batch(k, config.in_channels), 0, 4).unwrap();
+    assert_eq!(shard(&small(0), 2, 3).unwrap().indices.len(), 0);
+    let reference = one_process_on(&config, &small);
+    let all = ranks_on(&config, 3, &small);
+    for w in &all {
+        let worst = w
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .fold(0f32, f32::max);
+        assert!(worst <= 1e-5, "largest difference {worst}");
     }
 }
 

@@ -57,6 +57,10 @@ pub struct TrainArgs {
     /// How the decision threshold is chosen on the validation studies at the end.
     #[arg(long, value_enum)]
     pub threshold: Option<CriterionArg>,
+    /// Data-parallel replicas, each taking its shard of every batch (train.data_parallel); on
+    /// `cuda:N` rank r runs on `cuda:(N+r)`.
+    #[arg(long, conflicts_with = "resume")]
+    pub ranks: Option<usize>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -83,6 +87,7 @@ impl TrainArgs {
             device: self.device.clone(),
             tensorboard: self.tensorboard,
             threshold: self.threshold.map(Into::into),
+            ranks: self.ranks,
         })
     }
 }

@@ -267,6 +267,55 @@ fn a_bad_flag_value_names_the_flag() {
     assert!(!out.exists(), "no run directory for a refused config");
 }
 
+#[test]
+fn train_ranks_runs_data_parallel_and_refuses_more_ranks_than_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = synth(dir.path(), 20);
+    let runs = dir.path().join("runs");
+    let train = |ranks: &str| {
+        mura(&[
+            "train",
+            "--data",
+            root.to_str().unwrap(),
+            "--model",
+            "alexnet-style",
+            "--image-size",
+            "24",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--ranks",
+            ranks,
+            "--out",
+            runs.to_str().unwrap(),
+            "--name",
+            "ranks",
+        ])
+    };
+    let o = train("9");
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(
+            "error: --ranks: train.data_parallel.ranks must be from 1 to train.batch_size (8), got 9"
+        ),
+        "{err}"
+    );
+    let o = train("2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("data-parallel: 2 ranks"),
+        "{}",
+        stdout(&o)
+    );
+    let config = fs::read_to_string(runs.join("ranks/config.toml")).unwrap();
+    assert!(
+        config.contains("[train.data_parallel]\nranks = 2"),
+        "{config}"
+    );
+}
+
 /// `evaluate` and `predict` on a folder that is not a run say so, and name the run directory
 /// inside it when there is exactly one (the `--out runs` mistake).
 #[test]

@@ -176,6 +176,16 @@ pub struct FineTune {
     pub lr: f64,
 }
 
+/// Data-parallel training (`[train.data_parallel]`): `ranks` replicas of the model, each taking
+/// its shard of every batch (the global batch is `train.batch_size`), their gradients summed
+/// before every step. On the CPU the ranks share its cores; on `cuda:N` rank r runs on
+/// `cuda:(N+r)`. BatchNorm statistics are per rank, as PyTorch's DDP keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataParallel {
+    pub ranks: usize,
+}
+
 /// How to train.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,6 +241,16 @@ pub struct TrainConfig {
     /// Also write the per-epoch scalars as TensorBoard event files under `<run>/tensorboard/`.
     #[serde(default)]
     pub tensorboard: bool,
+    /// Train with several replicas; one process, one device when absent.
+    #[serde(default)]
+    pub data_parallel: Option<DataParallel>,
+}
+
+impl TrainConfig {
+    /// Ranks of data-parallel training (1 without it).
+    pub fn ranks(&self) -> usize {
+        self.data_parallel.map_or(1, |d| d.ranks)
+    }
 }
 
 /// Early stopping and whether the best weights are restored at the end.
@@ -297,6 +317,7 @@ impl Default for TrainConfig {
             threshold: mura_metrics::Criterion::Kappa,
             calibrate: yes(),
             tensorboard: false,
+            data_parallel: None,
         }
     }
 }
@@ -407,6 +428,14 @@ impl RunConfig {
             return bad(format!(
                 "train.checkpoint_minutes must be finite and ≥ 0, got {}",
                 t.checkpoint_minutes
+            ));
+        }
+        if let Some(d) = t.data_parallel
+            && !(1..=t.batch_size).contains(&d.ranks)
+        {
+            return bad(format!(
+                "train.data_parallel.ranks must be from 1 to train.batch_size ({}), got {}",
+                t.batch_size, d.ranks
             ));
         }
         if t.checkpoint_steps == Some(0) {

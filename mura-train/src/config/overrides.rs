@@ -40,10 +40,13 @@ pub struct Overrides {
     pub tensorboard: bool,
     /// `--threshold`: how the decision threshold is chosen.
     pub threshold: Option<Criterion>,
+    /// `--ranks`: data-parallel replicas.
+    pub ranks: Option<usize>,
 }
 
 /// The config key behind each flag, as errors name them.
-const FLAGS: [(&str, &str); 8] = [
+const FLAGS: [(&str, &str); 9] = [
+    ("--ranks", "train.data_parallel"),
     ("--image-size", "model.input_size"),
     ("--epochs", "train.epochs"),
     ("--batch-size", "train.batch_size"),
@@ -118,6 +121,9 @@ impl RunConfig {
         if let Some(t) = o.threshold {
             self.train.threshold = t;
         }
+        if let Some(ranks) = o.ranks {
+            self.train.data_parallel = (ranks != 1).then_some(super::DataParallel { ranks });
+        }
         self.check().map_err(|e| o.name_flag(e))?;
         Ok(self)
     }
@@ -135,6 +141,7 @@ impl Overrides {
             "--model" => self.model.is_some(),
             "--device" => self.device.is_some(),
             "--data" => self.data.is_some(),
+            "--ranks" => self.ranks.is_some(),
             _ => false,
         }
     }

@@ -116,6 +116,11 @@ impl Optim {
         self.lr = lr;
     }
 
+    /// The per-step schedule driving the learning rate, where it stands now.
+    pub fn schedule(&self) -> Option<Scheduled> {
+        self.schedule
+    }
+
     /// Drives the learning rate by a per-step schedule from now on (or stops doing so).
     pub fn set_schedule(&mut self, schedule: Option<Scheduled>) {
         self.schedule = schedule;

@@ -1,0 +1,217 @@
+//! Data-parallel training: each rank holds a replica of the model and optimiser, takes its
+//! shard of every global batch, and the ranks' gradients are summed by an [`AllReduce`] (each
+//! scaled by its shard's share of the batch, so the sum is the one-process gradient of the mean
+//! loss) before every rank applies the same update. Replicas that start equal stay equal.
+//!
+//! [`ThreadGroup`] is the in-process all-reduce (ranks as threads of one process, summing in rank
+//! order, so the result is the same bits on every rank and every run); a multi-GPU one implements
+//! the same trait over NCCL. [`Workers`] runs ranks 1.. of a `fit` as threads beside rank 0.
+
+mod group;
+mod workers;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
+use mura_models::Model;
+
+pub use group::ThreadGroup;
+pub use workers::Workers;
+
+use crate::TrainError;
+use crate::epoch::Batch;
+use crate::loss::bce_with_logits;
+use crate::optim::Optim;
+
+/// Collective operations among the ranks of a data-parallel job.
+pub trait AllReduce: Send + Sync {
+    /// Number of ranks.
+    fn world(&self) -> usize;
+    /// Replaces `data` on every rank with the element-wise sum of every rank's `data`, summed in
+    /// rank order. Every rank calls it, with buffers of the same length.
+    fn all_reduce_sum(&self, rank: usize, data: &mut [f32]) -> Result<(), TrainError>;
+    /// Replaces `data` on every rank with rank `root`'s.
+    fn broadcast(&self, rank: usize, root: usize, data: &mut [f32]) -> Result<(), TrainError>;
+    /// Called by a rank that failed: the others' collectives end with an error naming `reason`
+    /// instead of waiting for it.
+    fn abort(&self, reason: &str);
+}
+
+/// The values of `tensors`, one after another, as f32, in one read-back.
+fn flatten(tensors: &[Tensor]) -> Result<Vec<f32>, TrainError> {
+    if tensors.is_empty() {
+        return Ok(Vec::new());
+    }
+    let flat = tensors
+        .iter()
+        .map(|t| t.to_dtype(DType::F32)?.flatten_all())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&flat, 0)?.to_vec1::<f32>()?)
+}
+
+/// `flat` cut back into tensors shaped and typed as `like`.
+fn unflatten(flat: &[f32], like: &[Tensor]) -> Result<Vec<Tensor>, TrainError> {
+    let mut at = 0;
+    let mut out = Vec::with_capacity(like.len());
+    for t in like {
+        let n = t.elem_count();
+        let piece = flat
+            .get(at..at + n)
+            .ok_or_else(|| TrainError::BadOptimizerState {
+                reason: "a reduced buffer is shorter than the gradients".into(),
+            })?;
+        out.push(Tensor::from_slice(piece, t.shape(), t.device())?.to_dtype(t.dtype())?);
+        at += n;
+    }
+    Ok(out)
+}
+
+/// Makes every rank's copy of the optimised variables of `optim` equal to rank `root`'s.
+pub fn broadcast_weights(
+    optim: &Optim,
+    group: &dyn AllReduce,
+    rank: usize,
+    root: usize,
+) -> Result<(), TrainError> {
+    let vars = optim.vars();
+    let tensors: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+    let mut flat = flatten(&tensors)?;
+    group.broadcast(rank, root, &mut flat)?;
+    for ((_, var), t) in vars.iter().zip(unflatten(&flat, &tensors)?) {
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// What one rank's step gave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankStep {
+    /// The mean weighted loss of the whole global batch (the same on every rank).
+    pub loss: f64,
+    /// This rank's shard's training-time probabilities, in the shard's order.
+    pub probabilities: Vec<f32>,
+}
+
+/// One data-parallel training step of rank `rank` on its `shard` of a global batch of
+/// `global_batch` images: train-mode forward, weighted BCE (plus the optimiser's penalty),
+/// backward, the gradients scaled by the shard's share and summed over the ranks with the loss,
+/// then the optimiser's update. A rank with an empty shard (a last batch smaller than the
+/// ranks) contributes nothing. A non-finite loss or gradient stops every rank before the update
+/// (each sees the same reduced values); any other failure aborts the group. `at` is the (epoch,
+/// batch), counted from 1, that an error names.
+pub fn parallel_step(
+    model: &Model,
+    optim: &mut Optim,
+    shard: &Batch,
+    global_batch: usize,
+    group: &dyn AllReduce,
+    rank: usize,
+    at: (u64, u64),
+) -> Result<RankStep, TrainError> {
+    let out = rank_step(model, optim, shard, global_batch, group, rank, at);
+    if let Err(e) = &out {
+        group.abort(&format!("rank {rank}: {e}"));
+    }
+    out
+}
+
+fn rank_step(
+    model: &Model,
+    optim: &mut Optim,
+    shard: &Batch,
+    global_batch: usize,
+    group: &dyn AllReduce,
+    rank: usize,
+    at: (u64, u64),
+) -> Result<RankStep, TrainError> {
+    let share = shard.indices.len() as f64 / global_batch.max(1) as f64;
+    let vars = optim.vars();
+    let dev = match vars.first() {
+        Some((_, v)) => v.device().clone(),
+        None => {
+            return Err(TrainError::BadOptimizerState {
+                reason: "no variable to train".into(),
+            });
+        }
+    };
+    // The local gradients (`None` for an empty shard), the loss and the probabilities.
+    let (grads, loss, probs) = if shard.indices.is_empty() {
+        (None, Tensor::zeros(1, DType::F32, &dev)?, None)
+    } else {
+        let logits = shard.logits(model, true)?;
+        let loss = optim.regularize(bce_with_logits(&logits, &shard.y, Some(&shard.w))?)?;
+        let grads = loss.backward()?;
+        let probs = candle_nn::ops::sigmoid(&logits.narrow(1, 0, 1)?.detach())?.flatten_all()?;
+        (Some(grads), loss.detach().reshape(1)?, Some(probs))
+    };
+    // One buffer: every variable's scaled gradient (zeros where it has none), one presence flag
+    // per variable, the scaled loss; then this rank's probabilities, which are not reduced.
+    let mut parts = Vec::with_capacity(vars.len() + 3);
+    let mut present = Vec::with_capacity(vars.len());
+    for (_, v) in vars {
+        let g = grads.as_ref().and_then(|g| g.get(v.as_tensor()));
+        present.push(if g.is_some() { 1f32 } else { 0. });
+        parts.push(match g {
+            Some(g) => (g.to_dtype(DType::F32)? * share)?,
+            None => Tensor::zeros(v.shape(), DType::F32, &dev)?,
+        });
+    }
+    parts.push(Tensor::from_slice(&present, vars.len(), &dev)?);
+    parts.push((loss.to_dtype(DType::F32)? * share)?);
+    let n_probs = probs.as_ref().map_or(0, Tensor::elem_count);
+    parts.extend(probs);
+    let mut flat = flatten(&parts)?;
+    let probabilities = flat.split_off(flat.len() - n_probs);
+    group.all_reduce_sum(rank, &mut flat)?;
+    let loss = f64::from(flat.pop().unwrap_or(f32::NAN));
+    let non_finite = |what: String, value: f64| TrainError::NonFinite {
+        what,
+        epoch: at.0,
+        batch: at.1,
+        value,
+    };
+    if !loss.is_finite() {
+        return Err(non_finite("the loss".into(), loss));
+    }
+    let flags = flat.split_off(flat.len().saturating_sub(vars.len()));
+    let mut reduced = GradStore::default();
+    let like: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+    let mut at_elem = 0;
+    for (((name, v), flag), g) in vars.iter().zip(&flags).zip(unflatten(&flat, &like)?) {
+        let n = v.elem_count();
+        let piece = &flat[at_elem..at_elem + n];
+        at_elem += n;
+        if *flag == 0.0 {
+            continue;
+        }
+        if piece.iter().any(|x| !x.is_finite()) {
+            let sum: f32 = piece.iter().sum();
+            return Err(non_finite(
+                format!("the gradient of {name}"),
+                f64::from(sum),
+            ));
+        }
+        reduced.insert(v.as_tensor(), g);
+    }
+    optim.step(&reduced)?;
+    Ok(RankStep {
+        loss,
+        probabilities,
+    })
+}
+
+/// Rank `rank`'s shard of `batch` among `world` ranks: a contiguous slice of its images, the
+/// first `len % world` ranks taking one more (the same images, in the same order, as one process
+/// reading the batch whole); empty when the batch has fewer images than `rank + 1`.
+pub fn shard(batch: &Batch, rank: usize, world: usize) -> Result<Batch, TrainError> {
+    let n = batch.indices.len();
+    let (base, extra) = (n / world.max(1), n % world.max(1));
+    let start = (rank * base + rank.min(extra)).min(n);
+    let len = (base + usize::from(rank < extra)).min(n - start);
+    Ok(Batch {
+        x: batch.x.narrow(0, start, len)?,
+        y: batch.y.narrow(0, start, len)?,
+        w: batch.w.narrow(0, start, len)?,
+        indices: batch.indices[start..start + len].to_vec(),
+        features: batch.features,
+    })
+}
