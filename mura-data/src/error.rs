@@ -28,6 +28,9 @@ pub enum DataError {
         line: u64,
         reason: String,
     },
+    /// A DICOM file that cannot be used: not DICOM, no image, a syntax this build lacks.
+    #[error("{path}: {reason}")]
+    Dicom { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     BadLayout { path: PathBuf, reason: String },
     #[error(

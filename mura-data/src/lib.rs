@@ -2,6 +2,7 @@
 
 mod check;
 mod dataset;
+pub mod dicom;
 mod error;
 mod index;
 pub mod loader;
@@ -15,6 +16,7 @@ mod weights;
 
 pub use check::{ImageCheck, check_images};
 pub use dataset::{Dataset, Study};
+pub use dicom::Voi;
 pub use error::DataError;
 pub use index::{
     DATASET_DIR, IndexOptions, IndexSource, Indexed, MAX_LINE_BYTES, SkipReason, Skipped, index,
@@ -22,7 +24,7 @@ pub use index::{
 };
 pub use loader::{
     ColorMode, DecodedImage, Loader, LoaderConfig, MAX_IMAGE_SIDE, Sample, decode_bytes,
-    decode_file,
+    decode_file, decode_file_with,
 };
 pub use manifest::{MANIFEST_HEADER, Manifest, ManifestEntry, ManifestSummary};
 pub use record::{BodyPart, ImageRecord, PatientKey, Split, UnknownBodyPart};

@@ -1,5 +1,5 @@
-//! Streaming image loader: decodes PNG and JPEG files of any colour type and bit depth on worker
-//! threads, through a bounded prefetch window, in a per-epoch seeded order.
+//! Streaming image loader: decodes PNG and JPEG files of any colour type and bit depth, and DICOM
+//! files (see [`crate::dicom`]), on worker threads, through a bounded prefetch window, in a per-epoch seeded order.
 //!
 //! The data set is never held in memory: at most `prefetch` decoded images exist at once. The
 //! order of the samples depends only on the seed and the epoch, never on the number of threads or
@@ -13,6 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crate::DataError;
+use crate::dicom::Voi;
 use crate::rng::{shuffle, stream_rng};
 
 /// The pixel format images are converted to.
@@ -46,12 +47,26 @@ pub struct DecodedImage {
 /// The largest width or height [`decode_file`] accepts (MURA's images are at most 512).
 pub const MAX_IMAGE_SIDE: u32 = 16384;
 
-/// Decodes one PNG or JPEG file (the format is read from its content) into 8-bit gray or RGB.
+/// Decodes one PNG or JPEG file (the format is read from its content), or a DICOM file or frame
+/// (`FILE#N`) with its own VOI settings, into 8-bit gray or RGB.
 ///
 /// A missing, truncated or corrupt file is an error naming the path. A header claiming more than
 /// [`MAX_IMAGE_SIDE`] pixels on a side (a decompression bomb) is refused before anything is
 /// allocated, and no decode may allocate more than 512 MiB.
 pub fn decode_file(path: &Path, color: ColorMode) -> Result<DecodedImage, DataError> {
+    decode_file_with(path, color, Voi::Auto)
+}
+
+/// [`decode_file`] with DICOM frames taken through `voi`.
+pub fn decode_file_with(
+    path: &Path,
+    color: ColorMode,
+    voi: Voi,
+) -> Result<DecodedImage, DataError> {
+    let (file, frame) = crate::dicom::split_frame(path);
+    if frame.is_some() || crate::dicom::is_dicom(&file) {
+        return crate::dicom::decode(&file, frame.unwrap_or(0), voi, color);
+    }
     let reader = image::ImageReader::open(path).map_err(|e| DataError::io(path, e))?;
     decode(reader, path, color)
 }
@@ -101,7 +116,7 @@ fn decode<R: std::io::BufRead + std::io::Seek>(
 }
 
 /// How the loader runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoaderConfig {
     /// Worker threads decoding in parallel (at least 1).
     pub threads: usize,
@@ -113,6 +128,8 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Skip (and count) files that cannot be read or decoded instead of failing.
     pub skip_unreadable: bool,
+    /// How DICOM frames become display values.
+    pub voi: Voi,
 }
 
 impl Default for LoaderConfig {
@@ -124,6 +141,7 @@ impl Default for LoaderConfig {
             shuffle: true,
             seed: 0,
             skip_unreadable: false,
+            voi: Voi::Auto,
         }
     }
 }
@@ -224,6 +242,7 @@ impl Loader {
                     shared: Arc::clone(&shared),
                     tx: tx.clone(),
                     color: self.config.color,
+                    voi: self.config.voi,
                     transform: Arc::clone(&transform),
                 };
                 std::thread::spawn(move || job.run())
@@ -286,6 +305,7 @@ struct Job<T, F> {
     shared: Arc<Shared>,
     tx: SyncSender<Message<T>>,
     color: ColorMode,
+    voi: Voi,
     transform: Arc<F>,
 }
 
@@ -300,7 +320,7 @@ where
                 self.shared.release();
                 return;
             };
-            let result = decode_file(&self.files[index], self.color)
+            let result = decode_file_with(&self.files[index], self.color, self.voi)
                 .and_then(|image| (self.transform)(index, image));
             if self.tx.send((pos, result)).is_err() {
                 return;
@@ -368,9 +388,11 @@ impl<T> Iterator for Epoch<T> {
                 self.shared.release();
                 match result {
                     Ok(value) => return Some(Ok(Sample { index, value })),
-                    Err(e @ (DataError::Decode { .. } | DataError::Io { .. }))
-                        if self.skip_unreadable =>
-                    {
+                    Err(
+                        e @ (DataError::Decode { .. }
+                        | DataError::Dicom { .. }
+                        | DataError::Io { .. }),
+                    ) if self.skip_unreadable => {
                         self.skipped.push(e);
                         continue;
                     }

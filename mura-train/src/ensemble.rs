@@ -432,6 +432,14 @@ impl Predictor {
         }
     }
 
+    /// Reads DICOM frames through `voi` instead of each run's `data.voi`.
+    pub fn set_voi(&mut self, voi: mura_data::Voi) {
+        match self {
+            Predictor::Run(r) => r.config.data.voi = voi,
+            Predictor::Ensemble(e) => e.members.iter_mut().for_each(|m| m.config.data.voi = voi),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         match self {
             Predictor::Run(r) => &r.dir,

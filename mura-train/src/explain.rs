@@ -41,7 +41,7 @@ pub struct Explanation {
 /// Grad-CAM of the run's model for one image file, and the gray input the model saw (in [0, 1]).
 pub fn cam_of(run: &TrainedRun, image: &Path) -> Result<(GradCam, Vec<f32>, usize), TrainError> {
     let (_, eval) = pipelines(&run.config, &run.model)?;
-    let decoded = mura_data::decode_file(image, ColorMode::Gray)?;
+    let decoded = mura_data::decode_file_with(image, ColorMode::Gray, run.config.data.voi)?;
     let input = eval.process(&decoded, 0, 0)?;
     let pre = eval.preprocess;
     let (w, h) = (pre.width as usize, pre.height as usize);
@@ -68,17 +68,32 @@ pub fn explain_images(
         path: out.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let mut results = Vec::with_capacity(images.len());
-    for (i, image) in images.iter().enumerate() {
-        if !image.is_file() {
+    let mut views = Vec::with_capacity(images.len());
+    for image in images {
+        let (file, _) = mura_data::dicom::split_frame(image);
+        if !file.is_file() {
             return Err(TrainError::Input {
                 path: image.clone(),
                 reason: "no such image file".into(),
             });
         }
-        let stem = image
+        // A multi-frame DICOM file: each frame.
+        match file == *image {
+            true => views.extend(crate::predict::image_views(image)?),
+            false => views.push(image.clone()),
+        }
+    }
+    let images = &views;
+    let mut results = Vec::with_capacity(images.len());
+    for (i, image) in images.iter().enumerate() {
+        let (file, frame) = mura_data::dicom::split_frame(image);
+        let stem = file
             .file_stem()
             .map_or_else(|| format!("image{i}"), |s| s.to_string_lossy().into_owned());
+        let stem = match frame {
+            Some(f) => format!("{stem}-frame{}", f + 1),
+            None => stem,
+        };
         let name = if images.len() > 1 {
             format!("{:03}-{stem}.gradcam.png", i + 1)
         } else {

@@ -206,6 +206,7 @@ pub fn loader(config: &RunConfig, shuffle: bool) -> LoaderConfig {
         threads: config.data.threads,
         seed: derive_seed(config.seed, &[STREAM_LOADER]),
         shuffle,
+        voi: config.data.voi,
         ..LoaderConfig::default()
     }
 }

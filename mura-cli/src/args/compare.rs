@@ -18,6 +18,9 @@ pub struct ExplainArgs {
     /// Folder for the PNGs (one per image: `<image name>.gradcam.png`).
     #[arg(long)]
     pub out: PathBuf,
+    /// DICOM display values: auto, none or CENTER,WIDTH; the run's `data.voi` when absent.
+    #[arg(long)]
+    pub voi: Option<mura_data::Voi>,
     #[arg(long, value_enum, default_value_t = WeightsArg::Final)]
     pub weights: WeightsArg,
     #[arg(long)]

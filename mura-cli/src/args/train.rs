@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use mura_data::Role;
 use mura_models::Arch;
 use mura_train::demo::DemoOptions;
+use mura_train::predict::PredictOptions;
 use mura_train::{EvaluateOptions, Overrides};
 
 use super::{CriterionArg, OutputArgs, TtaArg, WeightsArg};
@@ -144,7 +145,9 @@ impl EvaluateArgs {
 pub struct PredictArgs {
     /// A run directory, or an ensemble directory (`mura ensemble`).
     pub run: PathBuf,
-    /// Images, or study folders (every image inside is predicted and averaged into the study).
+    /// Images (PNG, JPEG, DICOM; `FILE#N` for frame N of a multi-frame DICOM file), or study
+    /// folders (every image inside is predicted and averaged into the study; DICOM files of
+    /// several studies make one study per StudyInstanceUID).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t = WeightsArg::Final)]
@@ -154,8 +157,26 @@ pub struct PredictArgs {
     /// Test-time augmentation: average the probabilities of these views of each image.
     #[arg(long, value_enum, default_value_t = TtaArg::None)]
     pub tta: TtaArg,
+    /// DICOM display values: auto (the file's VOI LUT, else its window, else min–max), none
+    /// (min–max) or CENTER,WIDTH; the run's `data.voi` when absent.
+    #[arg(long)]
+    pub voi: Option<mura_data::Voi>,
+    /// Also print the patient name, ID and study date of DICOM inputs (never shown otherwise).
+    #[arg(long)]
+    pub show_identifiers: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+impl PredictArgs {
+    pub fn options(&self) -> PredictOptions {
+        PredictOptions {
+            threads: self.threads,
+            tta: self.tta.into(),
+            voi: self.voi,
+            show_identifiers: self.show_identifiers,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

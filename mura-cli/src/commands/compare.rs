@@ -15,7 +15,10 @@ use crate::args::{
 use crate::output::{Progress, comparison_table, interruptible};
 
 pub fn explain(a: &ExplainArgs) -> Result<()> {
-    let run = TrainedRun::open(&a.run, a.weights.into(), None)?;
+    let mut run = TrainedRun::open(&a.run, a.weights.into(), None)?;
+    if let Some(voi) = a.voi {
+        run.config.data.voi = voi;
+    }
     let results = explain_images(&run, &a.images, &a.out)?;
     if a.json {
         println!("{}", serde_json::to_string(&results)?);

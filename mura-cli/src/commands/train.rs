@@ -69,26 +69,40 @@ pub fn evaluate(a: &EvaluateArgs) -> Result<()> {
 }
 
 pub fn predict(a: &PredictArgs) -> Result<()> {
-    let predictor = Predictor::open(&a.run, a.weights.into(), None)?;
-    let predictions = predict_inputs(&predictor, &a.inputs, a.threads, a.tta.into())?;
+    let mut predictor = Predictor::open(&a.run, a.weights.into(), None)?;
+    let predictions = predict_inputs(&mut predictor, &a.inputs, &a.options())?;
     if a.json {
         println!("{}", serde_json::to_string(&predictions)?);
         return Ok(());
     }
     for p in &predictions {
         let call = if p.abnormal { "abnormal" } else { "normal" };
+        let uid = p
+            .study_uid
+            .as_ref()
+            .map(|u| format!(" [study {u}]"))
+            .unwrap_or_default();
         if p.study || p.images.len() > 1 {
             for i in &p.images {
                 println!("  {:.4}  {}", i.probability, i.path.display());
             }
             println!(
-                "{:.4}  {}  (study: mean of {} images, {call})",
+                "{:.4}  {}{uid}  (study: mean of {} images, {call})",
                 p.probability,
                 p.input.display(),
                 p.images.len()
             );
         } else {
-            println!("{:.4}  {}  ({call})", p.probability, p.input.display());
+            println!("{:.4}  {}{uid}  ({call})", p.probability, p.input.display());
+        }
+        if let Some(ids) = &p.identifiers {
+            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+            println!(
+                "        patient {} (ID {}), study date {}",
+                show(&ids.patient_name),
+                show(&ids.patient_id),
+                show(&ids.study_date)
+            );
         }
     }
     Ok(())

@@ -3,34 +3,6 @@
 
 use super::*;
 
-/// A one-epoch run of the AlexNet-style CNN at 24 px.
-fn tiny_run(dir: &Path) -> PathBuf {
-    let root = synth(dir, 24);
-    let runs = dir.join("runs");
-    let o = mura(&[
-        "train",
-        "--data",
-        root.to_str().unwrap(),
-        "--model",
-        "alexnet-style",
-        "--image-size",
-        "24",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--seed",
-        "5",
-        "--out",
-        runs.to_str().unwrap(),
-        "--name",
-        "tiny",
-        "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    runs.join("tiny")
-}
-
 fn metadata(report: &serde_json::Value) -> std::collections::HashMap<String, String> {
     report["metadata"]
         .as_array()
@@ -46,7 +18,7 @@ fn metadata(report: &serde_json::Value) -> std::collections::HashMap<String, Str
 #[test]
 fn a_run_exports_with_its_preprocessing_and_is_refused_clearly_otherwise() {
     let dir = tempfile::tempdir().unwrap();
-    let run = tiny_run(dir.path());
+    let run = tiny_run(dir.path()).1;
     let out = dir.path().join("model.onnx");
     let o = mura(&[
         "export",

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod data;
+mod dicom;
 mod export;
 mod model;
 mod train;
@@ -43,6 +44,35 @@ fn synth(dir: &Path, studies: usize) -> PathBuf {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     out
+}
+
+/// A one-epoch run of the AlexNet-style CNN at 24 px on a synthetic tree under `dir`: the
+/// tree's root and the run.
+fn tiny_run(dir: &Path) -> (PathBuf, PathBuf) {
+    let root = synth(dir, 24);
+    let runs = dir.join("runs");
+    let o = mura(&[
+        "train",
+        "--data",
+        root.to_str().unwrap(),
+        "--model",
+        "alexnet-style",
+        "--image-size",
+        "24",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--seed",
+        "5",
+        "--out",
+        runs.to_str().unwrap(),
+        "--name",
+        "tiny",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (root, runs.join("tiny"))
 }
 
 /// Runs `mura args` expecting failure: status 2 and one line on stderr containing `needle`.

@@ -119,14 +119,14 @@ pub(super) fn parse_study_parts(dir: &str, parts: &[&str]) -> Result<StudyPath, 
     })
 }
 
-/// The view number of `image<N>.<png|jpg|jpeg>`.
+/// The view number of `image<N>.<png|jpg|jpeg|dcm>`.
 pub(super) fn parse_view(name: &str) -> Result<u32, PathProblem> {
     let (stem, ext) = name
         .rsplit_once('.')
         .ok_or_else(|| PathProblem::Layout(format!("image {name:?} has no extension")))?;
-    if !["png", "jpg", "jpeg"].contains(&ext.to_ascii_lowercase().as_str()) {
+    if !["png", "jpg", "jpeg", "dcm"].contains(&ext.to_ascii_lowercase().as_str()) {
         return Err(PathProblem::Layout(format!(
-            "image {name:?} is not a .png, .jpg or .jpeg file"
+            "image {name:?} is not a .png, .jpg, .jpeg or .dcm file"
         )));
     }
     parse_number(stem, "image", "image file")

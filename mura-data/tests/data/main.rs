@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod dicom;
 mod indexing;
 mod loader;
 mod split;

@@ -70,6 +70,10 @@ pub struct DataConfig {
     /// Decoding and augmentation threads.
     #[serde(default = "two")]
     pub threads: usize,
+    /// How DICOM frames become display values: `auto` (the file's VOI LUT, else its window, else
+    /// the frame's min–max), `none` (min–max) or `"CENTER,WIDTH"`.
+    #[serde(default)]
+    pub voi: mura_data::Voi,
 }
 
 fn val_fraction() -> f64 {
@@ -97,6 +101,7 @@ impl DataConfig {
             augment: train_augment(),
             class_weights: ClassWeighting::None,
             threads: two(),
+            voi: mura_data::Voi::Auto,
         }
     }
 }
