@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mura_data::{BodyPart, ImageRecord, Manifest, Role};
+use mura_data::{BodyPart, DecodedImage, ImageRecord, Manifest, Role};
 use mura_metrics::{Criterion, Threshold};
 use serde::{Deserialize, Serialize};
 
@@ -267,12 +267,22 @@ impl Ensemble {
         tta: Tta,
     ) -> Result<Probabilities, TrainError> {
         let paths: Vec<PathBuf> = inputs.iter().map(|i| i.path.clone()).collect();
+        self.combine(inputs, &|m, idx| {
+            let p: Vec<PathBuf> = idx.iter().map(|&i| paths[i].clone()).collect();
+            m.predict_paths(&p, threads, tta)
+        })
+    }
+
+    /// The members' probabilities of `inputs`, combined by the ensemble's mode; `raw_of(member,
+    /// indices)` gives a member's raw probabilities of the inputs at `indices`.
+    fn combine(&self, inputs: &[Input], raw_of: &RawOf<'_>) -> Result<Probabilities, TrainError> {
+        let all: Vec<usize> = (0..inputs.len()).collect();
         let n = self.members.len() as f64;
         match self.def.mode {
             EnsembleMode::Mean => {
                 let mut sum = Probabilities::zeros(inputs.len());
                 for m in &self.members {
-                    let raw = m.predict_paths(&paths, threads, tta)?;
+                    let raw = raw_of(m, &all)?;
                     sum.add(&raw, |p| m.calibrate(p));
                 }
                 Ok(sum.scaled(1.0 / n))
@@ -282,7 +292,7 @@ impl Ensemble {
                 // probabilities: the share of calls has no uncalibrated version.
                 let mut votes = vec![0.0; inputs.len()];
                 for m in &self.members {
-                    let raw = m.predict_paths(&paths, threads, tta)?;
+                    let raw = raw_of(m, &all)?;
                     let t = m
                         .threshold
                         .map_or(mura_metrics::DEFAULT_THRESHOLD, |t| t.value);
@@ -296,7 +306,7 @@ impl Ensemble {
                     calibrated: share,
                 })
             }
-            EnsembleMode::PerPart => self.predict_routed(inputs, &paths, threads, tta),
+            EnsembleMode::PerPart => self.predict_routed(inputs, raw_of),
         }
     }
 
@@ -304,9 +314,7 @@ impl Ensemble {
     fn predict_routed(
         &self,
         inputs: &[Input],
-        paths: &[PathBuf],
-        threads: usize,
-        tta: Tta,
+        raw_of: &RawOf<'_>,
     ) -> Result<Probabilities, TrainError> {
         let mut out = Probabilities {
             raw: vec![f64::NAN; inputs.len()],
@@ -327,8 +335,7 @@ impl Ensemble {
         }
         for (m, idx) in groups {
             let member = &self.members[m];
-            let p: Vec<PathBuf> = idx.iter().map(|&i| paths[i].clone()).collect();
-            for (&i, q) in idx.iter().zip(member.predict_paths(&p, threads, tta)?) {
+            for (&i, q) in idx.iter().zip(raw_of(member, &idx)?) {
                 out.raw[i] = q;
                 out.calibrated[i] = member.calibrate(q);
             }
@@ -336,6 +343,9 @@ impl Ensemble {
         Ok(out)
     }
 }
+
+/// A member's raw probabilities of the inputs at the given indices.
+type RawOf<'a> = dyn Fn(&TrainedRun, &[usize]) -> Result<Vec<f64>, TrainError> + 'a;
 
 /// The probabilities of a set of inputs as the models give them and calibrated (each run's
 /// temperature applied before runs are combined).
@@ -532,6 +542,43 @@ impl Predictor {
                 Ok(Probabilities { raw, calibrated })
             }
             Predictor::Ensemble(e) => e.predict(inputs, threads, tta),
+        }
+    }
+
+    /// Calibrated (and raw) probabilities of decoded images, as from files; `part` is their body
+    /// part, which a per-part ensemble routes by.
+    pub fn predict_images(
+        &self,
+        images: &[DecodedImage],
+        part: Option<BodyPart>,
+    ) -> Result<Probabilities, TrainError> {
+        match self {
+            Predictor::Run(r) => {
+                let raw = r.predict_images(images)?;
+                let calibrated = raw.iter().map(|&p| r.calibrate(p)).collect();
+                Ok(Probabilities { raw, calibrated })
+            }
+            Predictor::Ensemble(e) => {
+                let inputs: Vec<Input> = (0..images.len())
+                    .map(|i| Input {
+                        path: PathBuf::from(format!("image {}", i + 1)),
+                        body_part: part,
+                    })
+                    .collect();
+                e.combine(&inputs, &|m, idx| {
+                    let some: Vec<DecodedImage> = idx.iter().map(|&i| images[i].clone()).collect();
+                    m.predict_images(&some)
+                })
+            }
+        }
+    }
+
+    /// The run whose Grad-CAM stands for this predictor's on an image of `part`: the run itself,
+    /// or the ensemble's member that would score it (its first for mean and vote).
+    pub fn explaining_run(&self, part: Option<BodyPart>) -> Option<&TrainedRun> {
+        match self {
+            Predictor::Run(r) => Some(r),
+            Predictor::Ensemble(e) => e.responsible(part).first().map(|&m| &e.members[m]),
         }
     }
 

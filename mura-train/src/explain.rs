@@ -40,9 +40,17 @@ pub struct Explanation {
 
 /// Grad-CAM of the run's model for one image file, and the gray input the model saw (in [0, 1]).
 pub fn cam_of(run: &TrainedRun, image: &Path) -> Result<(GradCam, Vec<f32>, usize), TrainError> {
-    let (_, eval) = pipelines(&run.config, &run.model)?;
     let decoded = mura_data::decode_file_with(image, ColorMode::Gray, run.config.data.voi)?;
-    let input = eval.process(&decoded, 0, 0)?;
+    cam_of_image(run, &decoded)
+}
+
+/// [`cam_of`] for a decoded image.
+pub fn cam_of_image(
+    run: &TrainedRun,
+    decoded: &mura_data::DecodedImage,
+) -> Result<(GradCam, Vec<f32>, usize), TrainError> {
+    let (_, eval) = pipelines(&run.config, &run.model)?;
+    let input = eval.process(decoded, 0, 0)?;
     let pre = eval.preprocess;
     let (w, h) = (pre.width as usize, pre.height as usize);
     let x = Tensor::from_vec(input.clone(), (1, pre.channels, h, w), &run.device)?;
@@ -107,19 +115,47 @@ pub fn explain_images(
 /// Writes the heat-map PNG of `image` to `out` and returns what it shows.
 pub fn explain(run: &TrainedRun, image: &Path, out: &Path) -> Result<Explanation, TrainError> {
     let (cam, gray, w) = cam_of(run, image)?;
-    let h = gray.len() / w.max(1);
-    let scale = MIN_PANEL.div_ceil(w.max(h) as u32).max(1);
-    let (pw, ph) = (w as u32 * scale, h as u32 * scale);
-    let heat = cam.upsampled(pw as usize, ph as usize);
     let name = image.file_name().map_or_else(
         || image.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
+    let (png, e) = panels(run, (&cam, &gray, w), &name)?;
+    write_durable(out, &png)?;
+    Ok(Explanation {
+        image: image.to_path_buf(),
+        out: out.to_path_buf(),
+        ..e
+    })
+}
+
+/// The heat-map PNG of a decoded image called `name`, in memory, and what it shows (`image`
+/// and `out` left empty).
+pub fn explain_image(
+    run: &TrainedRun,
+    image: &mura_data::DecodedImage,
+    name: &str,
+) -> Result<(Vec<u8>, Explanation), TrainError> {
+    let (cam, gray, w) = cam_of_image(run, image)?;
+    panels(run, (&cam, &gray, w), name)
+}
+
+/// The two panels of a Grad-CAM (`cam` of the `w`-wide gray input) titled with `name`.
+fn panels(
+    run: &TrainedRun,
+    (cam, gray, w): (&GradCam, &[f32], usize),
+    name: &str,
+) -> Result<(Vec<u8>, Explanation), TrainError> {
+    let h = gray.len() / w.max(1);
+    let scale = MIN_PANEL.div_ceil(w.max(h) as u32).max(1);
+    let (pw, ph) = (w as u32 * scale, h as u32 * scale);
+    let heat = cam.upsampled(pw as usize, ph as usize);
     let layer = run.model.last_feature_map();
     let empty = cam.peak <= 0.0;
+    // The probability `predict` gives: the model's, through the run's temperature.
+    let probability = run.calibrate(f64::from(cam.probability));
     let title = format!(
         "{name}   p(abnormal) = {:.3}   Grad-CAM of {} at {layer}{}",
-        cam.probability,
+        probability,
         run.model.arch(),
         if empty {
             "   (empty: no region raises the score)"
@@ -127,19 +163,19 @@ pub fn explain(run: &TrainedRun, image: &Path, out: &Path) -> Result<Explanation
             ""
         }
     );
-    let png = render(&gray, (w, h), &heat, (pw, ph), &title, scale, !empty)?;
-    write_durable(out, &png)?;
+    let png = render(gray, (w, h), &heat, (pw, ph), &title, scale, !empty)?;
     let (py, px) = cam.argmax();
-    Ok(Explanation {
-        image: image.to_path_buf(),
-        out: out.to_path_buf(),
-        probability: f64::from(cam.probability),
+    let e = Explanation {
+        image: PathBuf::new(),
+        out: PathBuf::new(),
+        probability,
         layer,
         peak: (
             (px as f64 + 0.5) / cam.width as f64,
             (py as f64 + 0.5) / cam.height as f64,
         ),
-    })
+    };
+    Ok((png, e))
 }
 
 /// Matplotlib's `jet`: blue → cyan → yellow → red, for `t` in [0, 1].

@@ -167,6 +167,39 @@ impl TrainedRun {
         }
     }
 
+    /// Eval-mode probabilities of decoded images as the model gives them (before calibration),
+    /// through the run's evaluation preprocessing, in their order.
+    pub fn predict_images(
+        &self,
+        images: &[mura_data::DecodedImage],
+    ) -> Result<Vec<f64>, TrainError> {
+        let (_, eval) = pipelines(&self.config, &self.model)?;
+        let pre = eval.preprocess;
+        let shape = (pre.channels, pre.height as usize, pre.width as usize);
+        let bs = self
+            .config
+            .train
+            .eval_batch_size
+            .unwrap_or(self.config.train.batch_size)
+            .max(1);
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(bs) {
+            let mut pixels = Vec::with_capacity(chunk.len() * shape.0 * shape.1 * shape.2);
+            for image in chunk {
+                pixels.extend(eval.process(image, 0, 0)?);
+            }
+            let x = candle_core::Tensor::from_vec(
+                pixels,
+                (chunk.len(), shape.0, shape.1, shape.2),
+                &self.device,
+            )?;
+            let logits = self.model.forward(&x, false)?.narrow(1, 0, 1)?;
+            let p: Vec<f32> = candle_nn::ops::sigmoid(&logits)?.flatten_all()?.to_vec1()?;
+            out.extend(p.into_iter().map(f64::from));
+        }
+        Ok(out)
+    }
+
     /// Eval-mode probabilities of `paths` as the model gives them (before calibration), in
     /// their order, averaged over the views of `tta`.
     pub fn predict_paths(

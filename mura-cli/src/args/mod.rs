@@ -91,6 +91,53 @@ pub enum Command {
     /// Choose (again) a run's decision threshold on its validation studies: maximum kappa or
     /// Youden's J; stored in threshold.json.
     Threshold(ThresholdArgs),
+    /// A local web page and JSON API for a run or ensemble: drop a study's images (PNG, JPEG,
+    /// DICOM), see each view's probability and Grad-CAM and the study's decision.
+    #[cfg(feature = "serve")]
+    Serve(ServeArgs),
+}
+
+/// Arguments of `mura serve`.
+#[cfg(feature = "serve")]
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A run or ensemble directory.
+    pub run: PathBuf,
+    /// Address to listen on (another host than 127.0.0.1 exposes the model to the network).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    #[arg(long, value_enum, default_value_t = WeightsArg::Final)]
+    pub weights: WeightsArg,
+    /// Requests that may wait for the model; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 8)]
+    pub queue: usize,
+    /// Largest request body, in MB.
+    #[arg(long, default_value_t = 256)]
+    pub max_body_mb: usize,
+    /// Most pixels of one view, in megapixels.
+    #[arg(long, default_value_t = 64)]
+    pub max_megapixels: u64,
+    /// DICOM display values: auto, none or CENTER,WIDTH; the run's `data.voi` when absent.
+    #[arg(long)]
+    pub voi: Option<mura_data::Voi>,
+}
+
+#[cfg(feature = "serve")]
+impl ServeArgs {
+    pub fn options(&self) -> mura_serve::ServeOptions {
+        let d = mura_serve::ServeOptions::default();
+        mura_serve::ServeOptions {
+            addr: self.addr,
+            engine: mura_serve::EngineOptions {
+                weights: self.weights.into(),
+                queue: self.queue,
+                max_pixels: self.max_megapixels << 20,
+                voi: self.voi,
+            },
+            max_body_bytes: self.max_body_mb << 20,
+            ..d
+        }
+    }
 }
 
 /// The data set a data command reads.

@@ -32,5 +32,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sweep(a) => compare::sweep(&a),
         Command::Threshold(a) => compare::threshold(&a),
         Command::Compare(a) => compare::compare(&a),
+        #[cfg(feature = "serve")]
+        Command::Serve(a) => serve(&a),
     }
+}
+
+#[cfg(feature = "serve")]
+fn serve(a: &crate::args::ServeArgs) -> Result<()> {
+    let name = a.run.display().to_string();
+    mura_serve::serve(&a.run, &a.options(), |addr| {
+        println!("serving {name} on http://{addr}/ (Ctrl-C stops)");
+    })?;
+    Ok(())
 }

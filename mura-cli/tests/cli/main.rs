@@ -8,6 +8,7 @@ mod data;
 mod dicom;
 mod export;
 mod model;
+mod serve;
 mod train;
 
 pub use std::fs;

@@ -208,8 +208,40 @@ pub fn decode(
     voi: Voi,
     color: ColorMode,
 ) -> Result<DecodedImage, DataError> {
-    let obj = open(path, false)?;
-    let info = info_of(path, &obj)?;
+    decode_object(&open(path, false)?, path, frame, voi, color)
+}
+
+/// Whether `bytes` (a file's content) are DICOM: the `DICM` magic after the 128-byte preamble.
+pub fn is_dicom_bytes(bytes: &[u8]) -> bool {
+    bytes.get(128..132) == Some(b"DICM".as_slice())
+}
+
+/// Every frame of the DICOM file whose content is `bytes`, as [`decode`] makes them; errors
+/// name `name`. Nothing is written anywhere.
+pub fn decode_bytes(
+    bytes: &[u8],
+    name: &Path,
+    voi: Voi,
+    color: ColorMode,
+) -> Result<Vec<DecodedImage>, DataError> {
+    let obj = OpenFileOptions::new()
+        .read_preamble(dicom_object::file::ReadPreamble::Always)
+        .from_reader(bytes)
+        .map_err(|e| bad(name, format!("not a readable DICOM file: {e}")))?;
+    let frames = info_of(name, &obj)?.frames;
+    (0..frames)
+        .map(|f| decode_object(&obj, name, f, voi, color))
+        .collect()
+}
+
+fn decode_object(
+    obj: &DefaultDicomObject,
+    path: &Path,
+    frame: u32,
+    voi: Voi,
+    color: ColorMode,
+) -> Result<DecodedImage, DataError> {
+    let info = info_of(path, obj)?;
     if frame >= info.frames {
         return Err(bad(
             path,

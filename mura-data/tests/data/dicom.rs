@@ -121,6 +121,19 @@ fn each_frame_of_a_multi_frame_file_is_a_view() {
     );
     let e = err(&dicom::frame_path(&path, 2));
     assert!(e.contains("multi.dcm: has 2 frame(s), no frame 3"), "{e}");
+    // From memory (an upload): every frame, the same pixels.
+    let bytes = fs::read(&path).unwrap();
+    assert!(dicom::is_dicom_bytes(&bytes));
+    let frames = dicom::decode_bytes(&bytes, Path::new("upload"), Voi::Auto, ColorMode::Gray);
+    let frames: Vec<Vec<u8>> = frames.unwrap().into_iter().map(|f| f.pixels).collect();
+    assert_eq!(frames, [vec![0, 85, 170, 255], vec![255, 128, 64, 0]]);
+    let e = dicom::decode_bytes(
+        &bytes[..200],
+        Path::new("upload"),
+        Voi::Auto,
+        ColorMode::Gray,
+    );
+    assert!(e.unwrap_err().to_string().starts_with("upload: "));
 }
 
 #[test]
