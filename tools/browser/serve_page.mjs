@@ -1,15 +1,15 @@
-// Opens mura serve's page in a headless Chromium, uploads one image through the page's file
-// input, waits for the study's probability and every heat map to appear, writes a screenshot,
+// Opens mura serve's page in a headless Chromium, uploads the images of a study through the
+// page's file input, waits for the study's probability and every heat map to appear, writes a screenshot,
 // and prints what the page shows as one JSON line.
 //
-// node tools/browser/serve_page.mjs URL IMAGE SCREENSHOT
+// node tools/browser/serve_page.mjs URL SCREENSHOT IMAGE...
 // The browser: $MURA_BROWSER, else chromium-headless-shell or chromium on PATH.
 import { execSync } from "node:child_process";
 import puppeteer from "puppeteer-core";
 
-const [url, image, screenshot] = process.argv.slice(2);
-if (!url || !image || !screenshot) {
-  console.error("usage: serve_page.mjs URL IMAGE SCREENSHOT");
+const [url, screenshot, ...images] = process.argv.slice(2);
+if (!url || !screenshot || !images.length) {
+  console.error("usage: serve_page.mjs URL SCREENSHOT IMAGE...");
   process.exit(2);
 }
 function browserPath() {
@@ -35,7 +35,7 @@ try {
   await page.goto(url, { waitUntil: "load" });
   await page.waitForFunction(() => document.getElementById("model").dataset.name, { timeout: 20000 });
   const input = await page.$("#files");
-  await input.uploadFile(image);
+  await input.uploadFile(...images);
   await page.waitForFunction(
     () => document.getElementById("study-probability").textContent.length > 0
       || document.getElementById("error").textContent.length > 0,

@@ -3,13 +3,9 @@
 //! Retry-After share and tries again), latencies and throughput are printed, and the process's
 //! resident memory does not grow from one round to the next.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Server, content_type, first_png, multipart, run};
+use super::common::{Server, content_type, first_png, multipart, run};
 use mura_serve::{EngineOptions, ServeOptions};
 
 const CLIENTS: usize = 4;

@@ -6,11 +6,7 @@
 //! run is within 1e-5 · max(1, |w|) of the one-process run's after 9 Adam steps (f32 gradient
 //! pieces summed in another order; measured 1.4e-6), the first epoch's losses within 1e-6.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::{config, diverging, new_run, tensors};
+use super::common::{config, diverging, new_run, tensors};
 use mura_models::{LocalPool, Readout};
 use mura_train::run::files;
 use mura_train::{DataParallel, FineTune, FitEnd, FitOptions, RunConfig, Silent, TrainError, fit};

@@ -2,13 +2,9 @@
 //! and the JSON error of every refusal (not an image, truncated, too large, too many files, a
 //! DICOM syntax the build lacks, no files, a busy queue).
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
-
+use super::common::{content_type, first_png, multipart, run};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use common::{content_type, first_png, multipart, run};
 use http_body_util::BodyExt;
 use mura_data::dicom::{Pixels, WriteSpec, write};
 use mura_serve::{ServeOptions, app};

@@ -1,7 +1,5 @@
 //! What the server tests share: one tiny trained run on a synthetic MURA, and upload bodies.
 
-#![allow(clippy::unwrap_used, dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 

@@ -1,17 +1,13 @@
 //! The page in a real browser: a headless Chromium, driven by puppeteer-core from Node
-//! (`tools/browser/serve_page.mjs`), loads the page from a server on 127.0.0.1, uploads a
-//! synthetic radiograph through the file input, and sees the study's probability, the decision
-//! and the heat map appear; it writes a screenshot (`target/tmp/mura-serve-page.png`) and every
+//! (`tools/browser/serve_page.mjs`), loads the page from a server on 127.0.0.1, uploads a study
+//! of a synthetic radiograph and the same picture as a DICOM file through the file input, and
+//! sees the study's probability, the decision and both heat maps appear; it writes a screenshot (`target/tmp/mura-serve-page.png`) and every
 //! request the page makes stays on the server's origin.
-
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Server, first_png, run};
+use super::common::{Server, first_png, run};
 
 #[test]
 #[ignore = "needs Node with puppeteer-core (npm install in tools/browser) and a headless Chromium; .ci/run installs them"]
@@ -23,11 +19,25 @@ fn the_page_scores_an_uploaded_radiograph_in_a_browser() {
     let script = repo.join("tools/browser/serve_page.mjs");
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mura-serve-page.png");
     let image = first_png(&run().1);
+    let gray = image::open(&image).unwrap().into_luma8();
+    let dir = tempfile::tempdir().unwrap();
+    let dcm = dir.path().join("view2.dcm");
+    let spec = mura_data::dicom::WriteSpec {
+        window: Some((128.0, 256.0)),
+        ..mura_data::dicom::WriteSpec::gray8(
+            gray.width() as u16,
+            gray.height() as u16,
+            gray.into_raw(),
+            "1.2.77",
+        )
+    };
+    mura_data::dicom::write(&dcm, &spec).unwrap();
     let o = Command::new("node")
         .arg(&script)
         .arg(format!("http://{addr}/"))
-        .arg(&image)
         .arg(&shot)
+        .arg(&image)
+        .arg(&dcm)
         .output()
         .expect("node runs");
     drop(server);
@@ -48,8 +58,8 @@ fn the_page_scores_an_uploaded_radiograph_in_a_browser() {
         "{decision}"
     );
     let overlays = shown["overlays"].as_array().unwrap();
-    assert_eq!(overlays.len(), 1, "{shown}");
-    assert!(overlays[0][0].as_u64().unwrap() > 0);
+    assert_eq!(overlays.len(), 2, "the PNG and the DICOM view: {shown}");
+    assert!(overlays.iter().all(|o| o[0].as_u64().unwrap() > 0));
     let origins = shown["origins"].as_array().unwrap();
     let own = format!("http://{addr}");
     assert!(

@@ -3,8 +3,6 @@
 //! Tolerance: |ranks − one process| ≤ 1e-5 · max(1, |w|) per weight after 3 SGD steps (f32 sums
 //! of the gradient pieces in another order); the replicas agree with each other bit for bit.
 
-#![allow(clippy::unwrap_used)]
-
 use candle_core::{Device, Tensor};
 use mura_models::{Arch, CnnConfig, Model, ModelConfig, Readout};
 use mura_train::epoch::{Batch, train_epoch};

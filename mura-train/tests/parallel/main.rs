@@ -1,0 +1,9 @@
+//! Data-parallel training, one binary: the rank step on in-process ranks (`steps`) and whole
+//! data-parallel runs (`runs`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../common/mod.rs"]
+mod common;
+mod runs;
+mod steps;
