@@ -186,6 +186,9 @@ fn work(p: &Predictor, jobs: &Receiver<Job>, options: EngineOptions) {
     }
 }
 
+/// The most views' worth of pixels one multi-frame DICOM upload may decode to.
+const MAX_VIEWS_PER_FILE: u64 = 16;
+
 /// The views of one upload: its frames for DICOM, else the image.
 fn decode(u: &Upload, options: EngineOptions, voi: Voi) -> Result<Vec<DecodedImage>, ApiError> {
     let name = Path::new(&u.name);
@@ -194,6 +197,21 @@ fn decode(u: &Upload, options: EngineOptions, voi: Voi) -> Result<Vec<DecodedIma
         reason: e.to_string(),
     };
     let views = if dicom::is_dicom_bytes(&u.bytes) {
+        // The header first: a compressed file may claim far more pixels than it carries.
+        let info = dicom::info_bytes(&u.bytes, name).map_err(bad)?;
+        let frame = u64::from(info.rows) * u64::from(info.columns);
+        let all = frame * u64::from(info.frames);
+        if frame > options.max_pixels || all > MAX_VIEWS_PER_FILE * options.max_pixels {
+            return Err(ApiError::TooLarge(format!(
+                "{}: {} frame(s) of {}×{} pixels, more than allowed ({} per view, {} views' worth per file)",
+                u.name,
+                info.frames,
+                info.columns,
+                info.rows,
+                options.max_pixels,
+                MAX_VIEWS_PER_FILE
+            )));
+        }
         dicom::decode_bytes(&u.bytes, name, voi, ColorMode::Gray).map_err(bad)?
     } else {
         vec![mura_data::decode_bytes(&u.bytes, name, ColorMode::Gray).map_err(bad)?]

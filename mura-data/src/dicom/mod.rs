@@ -216,6 +216,17 @@ pub fn is_dicom_bytes(bytes: &[u8]) -> bool {
     bytes.get(128..132) == Some(b"DICM".as_slice())
 }
 
+/// The header of the DICOM file whose content is `bytes` (its pixel data not read), as [`info`]
+/// gives it; errors name `name`.
+pub fn info_bytes(bytes: &[u8], name: &Path) -> Result<DicomInfo, DataError> {
+    let obj = OpenFileOptions::new()
+        .read_preamble(dicom_object::file::ReadPreamble::Always)
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(bytes)
+        .map_err(|e| bad(name, format!("not a readable DICOM file: {e}")))?;
+    info_of(name, &obj)
+}
+
 /// Every frame of the DICOM file whose content is `bytes`, as [`decode`] makes them; errors
 /// name `name`. Nothing is written anywhere.
 pub fn decode_bytes(

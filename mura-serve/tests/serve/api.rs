@@ -205,6 +205,12 @@ async fn every_bad_upload_gets_a_json_error_naming_it() {
     let (s, _, out) = call(&small, post(multipart(&[("a.png", &png)], &[]), "")).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(json(&out)["error"].as_str().unwrap().contains("a.png: "));
+    // A DICOM file is refused by its header, before its pixels are decoded.
+    let (dcm, _) = dicoms();
+    let (s, _, out) = call(&small, post(multipart(&[("m.dcm", &dcm)], &[]), "")).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let e = json(&out)["error"].as_str().unwrap().to_string();
+    assert!(e.contains("m.dcm: 2 frame(s) of 40×30 pixels"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
