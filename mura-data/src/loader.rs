@@ -52,7 +52,8 @@ pub const MAX_IMAGE_SIDE: u32 = 16384;
 ///
 /// A missing, truncated or corrupt file is an error naming the path. A header claiming more than
 /// [`MAX_IMAGE_SIDE`] pixels on a side (a decompression bomb) is refused before anything is
-/// allocated, and no decode may allocate more than 512 MiB.
+/// allocated; no PNG or JPEG decode may allocate more than 512 MiB (a DICOM frame, decoded one
+/// at a time, up to 4 bytes a pixel besides its file).
 pub fn decode_file(path: &Path, color: ColorMode) -> Result<DecodedImage, DataError> {
     decode_file_with(path, color, Voi::Auto)
 }

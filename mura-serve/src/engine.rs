@@ -128,6 +128,7 @@ impl Engine {
                     }
                     p
                 });
+                let opened = opened.and_then(|p| same_voi(&dir, &p, options.voi).map(|()| p));
                 match opened.and_then(|p| Ok((model_info(&dir, &p)?, p))) {
                     Ok((info, p)) => {
                         let _ = ready_tx.send(Ok(info));
@@ -186,8 +187,8 @@ fn work(p: &Predictor, jobs: &Receiver<Job>, options: EngineOptions) {
     }
 }
 
-/// The most views' worth of pixels one multi-frame DICOM upload may decode to.
-const MAX_VIEWS_PER_FILE: u64 = 16;
+/// The most views (images and DICOM frames) one request may hold.
+pub const MAX_VIEWS: u64 = 64;
 
 /// The views of one upload: its frames for DICOM, else the image.
 fn decode(u: &Upload, options: EngineOptions, voi: Voi) -> Result<Vec<DecodedImage>, ApiError> {
@@ -201,15 +202,14 @@ fn decode(u: &Upload, options: EngineOptions, voi: Voi) -> Result<Vec<DecodedIma
         let info = dicom::info_bytes(&u.bytes, name).map_err(bad)?;
         let frame = u64::from(info.rows) * u64::from(info.columns);
         let all = frame * u64::from(info.frames);
-        if frame > options.max_pixels || all > MAX_VIEWS_PER_FILE * options.max_pixels {
+        let too_many = u64::from(info.frames) > MAX_VIEWS;
+        if too_many
+            || frame > options.max_pixels
+            || all > MAX_VIEWS.saturating_mul(options.max_pixels)
+        {
             return Err(ApiError::TooLarge(format!(
-                "{}: {} frame(s) of {}×{} pixels, more than allowed ({} per view, {} views' worth per file)",
-                u.name,
-                info.frames,
-                info.columns,
-                info.rows,
-                options.max_pixels,
-                MAX_VIEWS_PER_FILE
+                "{}: {} frame(s) of {}×{} pixels, more than allowed ({} pixels per view, {} views per request)",
+                u.name, info.frames, info.columns, info.rows, options.max_pixels, MAX_VIEWS
             )));
         }
         dicom::decode_bytes(&u.bytes, name, voi, ColorMode::Gray).map_err(bad)?
@@ -237,6 +237,12 @@ fn score(p: &Predictor, r: &Request, options: EngineOptions) -> Result<StudyResu
     let mut views: Vec<(String, Option<u32>, DecodedImage)> = Vec::new();
     for u in &r.uploads {
         let frames = decode(u, options, voi)?;
+        if (views.len() + frames.len()) as u64 > MAX_VIEWS {
+            return Err(ApiError::TooLarge(format!(
+                "{}: more than {MAX_VIEWS} views (images and frames) in one request",
+                u.name
+            )));
+        }
         let multi = frames.len() > 1;
         for (i, f) in frames.into_iter().enumerate() {
             views.push((u.name.clone(), multi.then_some(i as u32 + 1), f));
@@ -281,6 +287,22 @@ fn score(p: &Predictor, r: &Request, options: EngineOptions) -> Result<StudyResu
         abnormal: probability > threshold,
         threshold,
     })
+}
+
+/// An ensemble whose members read DICOM frames differently (`data.voi`) cannot share one decode
+/// of an upload: refused unless `voi` overrides them all.
+fn same_voi(dir: &Path, p: &Predictor, voi: Option<Voi>) -> Result<(), TrainError> {
+    let runs = p.runs();
+    let differ = runs
+        .windows(2)
+        .any(|w| w[0].config.data.voi != w[1].config.data.voi);
+    if voi.is_none() && differ {
+        return Err(TrainError::Input {
+            path: dir.to_path_buf(),
+            reason: "the ensemble's members read DICOM frames with different `data.voi`; give one with --voi".into(),
+        });
+    }
+    Ok(())
 }
 
 /// The model's name, architectures, threshold and each run's best validation epoch.

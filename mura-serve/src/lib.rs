@@ -29,7 +29,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use api::ApiError;
-pub use engine::{EngineOptions, ModelInfo, Request, StudyResult, Upload, Validation, ViewResult};
+pub use engine::{
+    EngineOptions, MAX_VIEWS, ModelInfo, Request, StudyResult, Upload, Validation, ViewResult,
+};
 use mura_train::run::Weights;
 
 /// The one error type of `mura-serve`: what stops the server from starting.

@@ -22,7 +22,8 @@ pub struct Prediction {
     /// Whether the input is a study folder.
     #[serde(skip)]
     pub study: bool,
-    /// The DICOM StudyInstanceUID of the study, when its images say it.
+    /// The DICOM StudyInstanceUID of the study, only when asked for (it can identify a patient's
+    /// visit, and de-identification replaces it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub study_uid: Option<String>,
     /// The image's probability, or the mean of the study's images'.
@@ -68,7 +69,8 @@ pub struct PredictOptions {
     pub tta: Tta,
     /// Read DICOM frames through this VOI instead of the run's `data.voi`.
     pub voi: Option<mura_data::Voi>,
-    /// Report the patient identifiers of DICOM inputs (never shown otherwise).
+    /// Report the patient identifiers and StudyInstanceUID of DICOM inputs (never shown
+    /// otherwise).
     pub show_identifiers: bool,
 }
 
@@ -156,6 +158,13 @@ pub fn study_images(inputs: &[PathBuf]) -> Result<Vec<StudyImages>, TrainError> 
             groups.extend(studies.into_values());
         } else if input.is_file() {
             groups.push(views(input)?);
+        } else if let (file, Some(_)) = dicom::split_frame(input) {
+            // `FILE#N`: that frame alone (its number is checked when it is decoded).
+            groups.push(StudyImages {
+                views: vec![input.clone()],
+                input: input.clone(),
+                ..views(&file)?
+            });
         } else {
             return Err(bad(input, "no such file or folder".into()));
         }
@@ -196,7 +205,7 @@ pub fn predict_inputs(
             Prediction {
                 study: g.input.is_dir(),
                 input: g.input,
-                study_uid: g.study_uid,
+                study_uid: g.study_uid.filter(|_| options.show_identifiers),
                 probability,
                 abnormal: probability > threshold,
                 threshold,

@@ -112,10 +112,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8)]
     pub queue: usize,
     /// Largest request body, in MB.
-    #[arg(long, default_value_t = 256)]
-    pub max_body_mb: usize,
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    pub max_body_mb: u32,
     /// Most pixels of one view, in megapixels.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub max_megapixels: u64,
     /// DICOM display values: auto, none or CENTER,WIDTH; the run's `data.voi` when absent.
     #[arg(long)]
@@ -134,7 +134,7 @@ impl ServeArgs {
                 max_pixels: self.max_megapixels << 20,
                 voi: self.voi,
             },
-            max_body_bytes: self.max_body_mb << 20,
+            max_body_bytes: (self.max_body_mb as usize) << 20,
             ..d
         }
     }

@@ -161,7 +161,8 @@ pub struct PredictArgs {
     /// (min–max) or CENTER,WIDTH; the run's `data.voi` when absent.
     #[arg(long)]
     pub voi: Option<mura_data::Voi>,
-    /// Also print the patient name, ID and study date of DICOM inputs (never shown otherwise).
+    /// Also print the patient name, ID, study date and StudyInstanceUID of DICOM inputs (never
+    /// shown otherwise).
     #[arg(long)]
     pub show_identifiers: bool,
     #[arg(long)]

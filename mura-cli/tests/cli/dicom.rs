@@ -75,20 +75,30 @@ fn predict_and_explain_read_dicom_as_their_png_and_keep_identifiers_out() {
     let o = mura(&["predict", r, folder.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(
-        out.contains("[study 1.2.1]") && out.contains("[study 1.2.2]"),
-        "{out}"
-    );
+    assert_eq!(out.matches("(study: mean of").count(), 2, "{out}");
     let v = json(&["predict", r, folder.to_str().unwrap(), "--json"]);
     assert_eq!(v.as_array().unwrap().len(), 2);
     assert_eq!(v[0]["images"].as_array().unwrap().len(), 2);
     for text in [out, v.to_string(), stderr(&o)] {
-        for secret in ["DOE", "PID-4711", "20240131"] {
+        for secret in ["DOE", "PID-4711", "20240131", "1.2.1", "1.2.2"] {
             assert!(!text.contains(secret), "{text}");
         }
     }
     let o = mura(&["predict", r, folder.to_str().unwrap(), "--show-identifiers"]);
-    assert!(stdout(&o).contains("patient DOE^JANE (ID PID-4711), study date 20240131"));
+    let out = stdout(&o);
+    assert!(
+        out.contains("[study 1.2.1]") && out.contains("[study 1.2.2]"),
+        "{out}"
+    );
+    assert!(out.contains("patient DOE^JANE (ID PID-4711), study date 20240131"));
+    // One frame of a file: FILE#N.
+    let frame = format!("{}#1", m1.display());
+    let v = json(&["predict", r, &frame, "--json"]);
+    assert_eq!(v[0]["probability"].as_f64().unwrap(), p[2]);
+    fails_with(
+        &["predict", r, &format!("{}#2", m1.display())],
+        "has 1 frame(s), no frame 2",
+    );
 
     let cams = dir.path().join("cams");
     let o = mura(&[

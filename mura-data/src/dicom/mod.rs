@@ -245,7 +245,28 @@ pub fn decode_bytes(
         .collect()
 }
 
+/// [`decode_frame`], with a panic inside a codec (a crafted or damaged fragment) turned into an
+/// error naming the file, so that neither a loader thread nor a server's model thread dies of it.
 fn decode_object(
+    obj: &DefaultDicomObject,
+    path: &Path,
+    frame: u32,
+    voi: Voi,
+    color: ColorMode,
+) -> Result<DecodedImage, DataError> {
+    let run = std::panic::AssertUnwindSafe(|| decode_frame(obj, path, frame, voi, color));
+    std::panic::catch_unwind(run).unwrap_or_else(|_| {
+        Err(bad(
+            path,
+            format!(
+                "the decoder failed on frame {} (damaged pixel data?)",
+                frame + 1
+            ),
+        ))
+    })
+}
+
+fn decode_frame(
     obj: &DefaultDicomObject,
     path: &Path,
     frame: u32,
@@ -274,7 +295,7 @@ fn decode_object(
     let (width, height) = (decoded.columns(), decoded.rows());
     let gray = if decoded.photometric_interpretation().is_monochrome() {
         let raw = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
-        let stored: Vec<f64> = decoded
+        let stored: Vec<f32> = decoded
             .to_vec_frame_with_options(0, &raw)
             .map_err(|e| bad(path, format!("frame {}: {e}", frame + 1)))?;
         let rescale = decoded
@@ -307,7 +328,7 @@ fn decode_object(
 fn transform(
     d: &dicom_pixeldata::DecodedPixelData<'_>,
     voi: Voi,
-    stored: &[f64],
+    stored: &[f32],
     rescale: (f64, f64),
 ) -> Transform {
     match voi {

@@ -132,7 +132,7 @@ impl Transform {
 /// A frame's stored values through the pipeline: rescaled (`slope`, `intercept`), through
 /// `transform`, inverted for MONOCHROME1, as 8-bit gray.
 pub(crate) fn to_gray8(
-    stored: &[f64],
+    stored: &[f32],
     (slope, intercept): (f64, f64),
     transform: &Transform,
     monochrome1: bool,
@@ -140,7 +140,7 @@ pub(crate) fn to_gray8(
     stored
         .iter()
         .map(|&v| {
-            let y = transform.apply(v * slope + intercept);
+            let y = transform.apply(f64::from(v) * slope + intercept);
             let y = if monochrome1 { 1.0 - y } else { y };
             (y * 255.0).round().clamp(0.0, 255.0) as u8
         })
@@ -148,10 +148,10 @@ pub(crate) fn to_gray8(
 }
 
 /// The min and max of `stored` after the rescale.
-pub(crate) fn range(stored: &[f64], (slope, intercept): (f64, f64)) -> Transform {
+pub(crate) fn range(stored: &[f32], (slope, intercept): (f64, f64)) -> Transform {
     let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
     for &v in stored {
-        let x = v * slope + intercept;
+        let x = f64::from(v) * slope + intercept;
         min = min.min(x);
         max = max.max(x);
     }

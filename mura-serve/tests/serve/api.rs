@@ -205,6 +205,23 @@ async fn every_bad_upload_gets_a_json_error_naming_it() {
     let (s, _, out) = call(&small, post(multipart(&[("a.png", &png)], &[]), "")).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(json(&out)["error"].as_str().unwrap().contains("a.png: "));
+    // More frames than a request may hold.
+    let dir = tempfile::tempdir().unwrap();
+    let many = dir.path().join("many.dcm");
+    let spec = WriteSpec {
+        frames: 65,
+        pixels: Pixels::U8(vec![7; 65 * 4]),
+        ..WriteSpec::gray8(2, 2, vec![], "1.2.5")
+    };
+    write(&many, &spec).unwrap();
+    let many = std::fs::read(many).unwrap();
+    let (s, _, out) = call(&app, post(multipart(&[("many.dcm", &many)], &[]), "")).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let e = json(&out)["error"].as_str().unwrap().to_string();
+    assert!(
+        e.contains("many.dcm: 65 frame(s)") && e.contains("64 views"),
+        "{e}"
+    );
     // A DICOM file is refused by its header, before its pixels are decoded.
     let (dcm, _) = dicoms();
     let (s, _, out) = call(&small, post(multipart(&[("m.dcm", &dcm)], &[]), "")).await;

@@ -209,6 +209,8 @@ impl Workers {
 
 impl Drop for Workers {
     fn drop(&mut self) {
+        // A rank 0 that stopped mid-step (an error or a panic) leaves the others in a collective.
+        self.group.abort("rank 0 has stopped");
         self.jobs.clear();
         for h in self.handles.drain(..) {
             let _ = h.join();
