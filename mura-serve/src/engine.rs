@@ -234,10 +234,12 @@ fn score(p: &Predictor, r: &Request, options: EngineOptions) -> Result<StudyResu
         .voi
         .or_else(|| runs.first().map(|r| r.config.data.voi))
         .unwrap_or_default();
-    let mut views: Vec<(String, Option<u32>, DecodedImage)> = Vec::new();
+    // Each view's (file name, frame) beside its image.
+    let (mut labels, mut images): (Vec<(String, Option<u32>)>, Vec<DecodedImage>) =
+        (vec![], vec![]);
     for u in &r.uploads {
         let frames = decode(u, options, voi)?;
-        if (views.len() + frames.len()) as u64 > MAX_VIEWS {
+        if (images.len() + frames.len()) as u64 > MAX_VIEWS {
             return Err(ApiError::TooLarge(format!(
                 "{}: more than {MAX_VIEWS} views (images and frames) in one request",
                 u.name
@@ -245,10 +247,10 @@ fn score(p: &Predictor, r: &Request, options: EngineOptions) -> Result<StudyResu
         }
         let multi = frames.len() > 1;
         for (i, f) in frames.into_iter().enumerate() {
-            views.push((u.name.clone(), multi.then_some(i as u32 + 1), f));
+            labels.push((u.name.clone(), multi.then_some(i as u32 + 1)));
+            images.push(f);
         }
     }
-    let images: Vec<DecodedImage> = views.iter().map(|v| v.2.clone()).collect();
     let internal = |e: TrainError| ApiError::Internal(e.to_string());
     let probs = p.predict_images(&images, r.part).map_err(|e| match e {
         TrainError::Config { reason, .. } => ApiError::BadUpload {
@@ -258,13 +260,15 @@ fn score(p: &Predictor, r: &Request, options: EngineOptions) -> Result<StudyResu
         other => internal(other),
     })?;
     let explainer = p.explaining_run(r.part);
-    let mut out = Vec::with_capacity(views.len());
-    for ((name, frame, image), probability) in views.into_iter().zip(probs.calibrated) {
+    let mut out = Vec::with_capacity(images.len());
+    for (((name, frame), image), probability) in
+        labels.into_iter().zip(&images).zip(probs.calibrated)
+    {
         let overlay = match (r.cam, explainer) {
             (true, Some(run)) => {
                 let title = frame.map_or_else(|| name.clone(), |f| format!("{name} frame {f}"));
                 let (png, _) =
-                    mura_train::explain::explain_image(run, &image, &title).map_err(internal)?;
+                    mura_train::explain::explain_image(run, image, &title).map_err(internal)?;
                 let b64 = base64::engine::general_purpose::STANDARD.encode(png);
                 Some(format!("data:image/png;base64,{b64}"))
             }

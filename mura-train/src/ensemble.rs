@@ -554,7 +554,7 @@ impl Predictor {
     ) -> Result<Probabilities, TrainError> {
         match self {
             Predictor::Run(r) => {
-                let raw = r.predict_images(images)?;
+                let raw = r.predict_images(&images.iter().collect::<Vec<_>>())?;
                 let calibrated = raw.iter().map(|&p| r.calibrate(p)).collect();
                 Ok(Probabilities { raw, calibrated })
             }
@@ -566,8 +566,7 @@ impl Predictor {
                     })
                     .collect();
                 e.combine(&inputs, &|m, idx| {
-                    let some: Vec<DecodedImage> = idx.iter().map(|&i| images[i].clone()).collect();
-                    m.predict_images(&some)
+                    m.predict_images(&idx.iter().map(|&i| &images[i]).collect::<Vec<_>>())
                 })
             }
         }

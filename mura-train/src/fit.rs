@@ -189,7 +189,7 @@ struct Epochs<'a> {
     events: Option<EventWriter>,
     /// (train, val) features of the frozen backbone; `Some(None)` once found too large.
     cache: Option<Option<(FeatureCache, FeatureCache)>>,
-    /// Ranks 1.. of data-parallel training (the session is rank 0).
+    /// Ranks 1.. of data-parallel training (the run's own `Session` is rank 0).
     workers: Option<Workers>,
 }
 

@@ -171,7 +171,7 @@ impl TrainedRun {
     /// through the run's evaluation preprocessing, in their order.
     pub fn predict_images(
         &self,
-        images: &[mura_data::DecodedImage],
+        images: &[&mura_data::DecodedImage],
     ) -> Result<Vec<f64>, TrainError> {
         let (_, eval) = pipelines(&self.config, &self.model)?;
         let pre = eval.preprocess;
