@@ -21,7 +21,10 @@ pub use adam::{AdamMoments, AdamStep, Decay, adam_applies, adam_in_place};
 pub use conv::{Conv2dParams, conv2d, conv2d_relu};
 pub use dense::DenseFeatures;
 pub use eltwise::add_relu;
-pub use norm::{batch_norm_eval, batch_norm_train};
+pub use norm::{
+    StatsReduce, SyncBatchNorm, SyncedNorm, batch_norm_eval, batch_norm_train,
+    batch_norm_train_sync, sync_batch_norm, with_sync_batch_norm,
+};
 pub use pool::{Pool2d, PoolKind};
 pub use route::{KERNELS_ENV, Kernels, generic_forced, with_generic};
 

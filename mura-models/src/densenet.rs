@@ -276,7 +276,8 @@ impl DenseNet {
             Stage::Block(layers)
                 if train
                     && mura_kernels::Kernels::of(x) == mura_kernels::Kernels::Cpu
-                    && x.rank() == 4 =>
+                    && x.rank() == 4
+                    && mura_kernels::sync_batch_norm().is_none() =>
             {
                 dense_block_train(layers, x, self.config.growth)
             }

@@ -127,10 +127,16 @@ pub fn fit(
     ));
     let ranks = config.train.ranks();
     if ranks > 1 {
+        let sync = config
+            .train
+            .data_parallel
+            .is_some_and(|d| d.sync_batch_norm);
         observer.message(&format!(
-            "data-parallel: {ranks} ranks, {} images per rank of each batch of {}",
+            "data-parallel: {ranks} ranks, {} images per rank of each batch of {}, BatchNorm \
+             statistics {}",
             config.train.batch_size.div_ceil(ranks),
-            config.train.batch_size
+            config.train.batch_size,
+            if sync { "over every rank" } else { "per rank" }
         ));
     }
     let mut epochs = Epochs::new(config, dir, options, (train, val), &s, dev)?;

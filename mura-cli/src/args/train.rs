@@ -62,6 +62,10 @@ pub struct TrainArgs {
     /// `cuda:N` rank r runs on `cuda:(N+r)`.
     #[arg(long, conflicts_with = "resume")]
     pub ranks: Option<usize>,
+    /// With --ranks: BatchNorm statistics over every rank's shard together (PyTorch's
+    /// SyncBatchNorm), so the run trains as one process reading each batch whole.
+    #[arg(long, conflicts_with = "resume")]
+    pub sync_batch_norm: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -89,6 +93,7 @@ impl TrainArgs {
             tensorboard: self.tensorboard,
             threshold: self.threshold.map(Into::into),
             ranks: self.ranks,
+            sync_batch_norm: self.sync_batch_norm,
         })
     }
 }

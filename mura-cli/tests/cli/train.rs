@@ -272,8 +272,8 @@ fn train_ranks_runs_data_parallel_and_refuses_more_ranks_than_images() {
     let dir = tempfile::tempdir().unwrap();
     let root = synth(dir.path(), 20);
     let runs = dir.path().join("runs");
-    let train = |ranks: &str| {
-        mura(&[
+    let train_with = |more: &[&str]| {
+        let mut args = vec![
             "train",
             "--data",
             root.to_str().unwrap(),
@@ -285,14 +285,13 @@ fn train_ranks_runs_data_parallel_and_refuses_more_ranks_than_images() {
             "1",
             "--batch-size",
             "8",
-            "--ranks",
-            ranks,
             "--out",
             runs.to_str().unwrap(),
-            "--name",
-            "ranks",
-        ])
+        ];
+        args.extend_from_slice(more);
+        mura(&args)
     };
+    let train = |ranks: &str| train_with(&["--ranks", ranks, "--name", "ranks"]);
     let o = train("9");
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
@@ -311,9 +310,28 @@ fn train_ranks_runs_data_parallel_and_refuses_more_ranks_than_images() {
     );
     let config = fs::read_to_string(runs.join("ranks/config.toml")).unwrap();
     assert!(
-        config.contains("[train.data_parallel]\nranks = 2"),
+        config.contains("[train.data_parallel]\nranks = 2\nsync_batch_norm = false"),
         "{config}"
     );
+    // Synchronised BatchNorm: said, and kept in the run's configuration.
+    let o = train_with(&["--ranks", "2", "--sync-batch-norm", "--name", "sync"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("BatchNorm statistics over every rank"),
+        "{}",
+        stdout(&o)
+    );
+    let config = fs::read_to_string(runs.join("sync/config.toml")).unwrap();
+    assert!(config.contains("sync_batch_norm = true"), "{config}");
+    // Without ranks there is nothing to synchronise, and nothing is written.
+    let o = train_with(&["--sync-batch-norm", "--name", "alone"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error: --sync-batch-norm: train.data_parallel.sync_batch_norm needs"),
+        "{err}"
+    );
+    assert!(!runs.join("alone").exists());
 }
 
 /// `evaluate` and `predict` on a folder that is not a run say so, and name the run directory

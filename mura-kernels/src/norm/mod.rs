@@ -8,6 +8,7 @@
 
 mod backward;
 mod plane;
+mod sync;
 mod train;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
@@ -24,6 +25,10 @@ use backward::BnBackward;
 pub(crate) use backward::Grads;
 pub(crate) use plane::{DxPlane, Pair};
 use std::sync::{Arc, OnceLock};
+pub use sync::{
+    StatsReduce, SyncBatchNorm, SyncedNorm, batch_norm_train_sync, sync_batch_norm,
+    with_sync_batch_norm,
+};
 use train::BnTrain;
 pub(crate) use train::{Stats, train_centres, train_forward};
 

@@ -122,7 +122,8 @@ impl BatchNorm {
     }
 
     /// Normalises `x` (batch statistics in training, updating the running ones; running ones
-    /// otherwise), then applies ReLU when `relu`.
+    /// otherwise), then applies ReLU when `relu`. In training under
+    /// [`kernels::with_sync_batch_norm`], the batch statistics are every rank's shards together.
     pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> candle_core::Result<Tensor> {
         if let Some(fused) = self.folded {
             if train {
@@ -144,10 +145,16 @@ impl BatchNorm {
             let rv = self.running_var.as_tensor().detach();
             return kernels::batch_norm_eval(x, &self.weight, &self.bias, &rm, &rv, self.eps, relu);
         }
+        if let Some(sync) = kernels::sync_batch_norm() {
+            let out =
+                kernels::batch_norm_train_sync(x, &self.weight, &self.bias, self.eps, relu, &sync)?;
+            self.update_running(&out.mean, &out.var, out.count)?;
+            return Ok(out.y);
+        }
         let (y, mean, var) =
             kernels::batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
         let (n, _, h, w) = x.dims4()?;
-        self.update_running(&mean, &var, n * h * w)?;
+        self.update_running(&mean, &var, (n * h * w) as f64)?;
         Ok(y)
     }
 
@@ -162,16 +169,18 @@ impl BatchNorm {
         if self.folded.is_some() {
             candle_core::bail!("a BatchNorm folded into its convolution for inference cannot train")
         }
+        if kernels::sync_batch_norm().is_some() {
+            candle_core::bail!("a synchronised BatchNorm reads its input whole, not a block buffer")
+        }
         let (y, mean, var) = features.norm_train(&self.weight, &self.bias, self.eps, relu)?;
         let (n, _, h, w) = y.dims4()?;
-        self.update_running(&mean, &var, n * h * w)?;
+        self.update_running(&mean, &var, (n * h * w) as f64)?;
         Ok(y)
     }
 
     /// Moves the running statistics towards a batch's (`m` values per channel), PyTorch's
     /// way: the variance unbiased.
-    fn update_running(&self, mean: &Tensor, var: &Tensor, m: usize) -> candle_core::Result<()> {
-        let m = m as f64;
+    fn update_running(&self, mean: &Tensor, var: &Tensor, m: f64) -> candle_core::Result<()> {
         let keep = 1.0 - BN_MOMENTUM;
         let rm = ((self.running_mean.as_tensor() * keep)? + (mean * BN_MOMENTUM)?)?;
         let rv = ((self.running_var.as_tensor() * keep)? + (var * (BN_MOMENTUM * m / (m - 1.0)))?)?;

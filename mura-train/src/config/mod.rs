@@ -184,11 +184,15 @@ pub struct FineTune {
 /// Data-parallel training (`[train.data_parallel]`): `ranks` replicas of the model, each taking
 /// its shard of every batch (the global batch is `train.batch_size`), their gradients summed
 /// before every step. On the CPU the ranks share its cores; on `cuda:N` rank r runs on
-/// `cuda:(N+r)`. BatchNorm statistics are per rank, as PyTorch's DDP keeps them.
+/// `cuda:(N+r)`. BatchNorm statistics are per rank's shard, as PyTorch's DDP keeps them, unless
+/// `sync_batch_norm` (PyTorch's `SyncBatchNorm`): then every rank normalises with the whole
+/// global batch's statistics, and training matches one process reading the batch whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataParallel {
     pub ranks: usize,
+    #[serde(default)]
+    pub sync_batch_norm: bool,
 }
 
 /// How to train.

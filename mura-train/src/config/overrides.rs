@@ -42,6 +42,8 @@ pub struct Overrides {
     pub threshold: Option<Criterion>,
     /// `--ranks`: data-parallel replicas.
     pub ranks: Option<usize>,
+    /// `--sync-batch-norm`: BatchNorm statistics over every rank's shard.
+    pub sync_batch_norm: bool,
 }
 
 /// The config key behind each flag, as errors name them.
@@ -122,7 +124,24 @@ impl RunConfig {
             self.train.threshold = t;
         }
         if let Some(ranks) = o.ranks {
-            self.train.data_parallel = (ranks != 1).then_some(super::DataParallel { ranks });
+            let sync_batch_norm = self.train.data_parallel.is_some_and(|d| d.sync_batch_norm);
+            self.train.data_parallel = (ranks != 1).then_some(super::DataParallel {
+                ranks,
+                sync_batch_norm,
+            });
+        }
+        if o.sync_batch_norm {
+            match &mut self.train.data_parallel {
+                Some(d) => d.sync_batch_norm = true,
+                None => {
+                    return Err(TrainError::Config {
+                        path: PathBuf::new(),
+                        reason: "--sync-batch-norm: train.data_parallel.sync_batch_norm needs \
+                                 more than one rank (--ranks N)"
+                            .into(),
+                    });
+                }
+            }
         }
         self.check().map_err(|e| o.name_flag(e))?;
         Ok(self)

@@ -10,8 +10,11 @@
 mod group;
 mod workers;
 
+use std::sync::Arc;
+
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
+use mura_kernels::{StatsReduce, SyncBatchNorm, with_sync_batch_norm};
 use mura_models::Model;
 
 pub use group::ThreadGroup;
@@ -91,27 +94,142 @@ pub struct RankStep {
     pub probabilities: Vec<f32>,
 }
 
-/// One data-parallel training step of rank `rank` on its `shard` of a global batch of
-/// `global_batch` images: train-mode forward, weighted BCE (plus the optimiser's penalty),
-/// backward, the gradients scaled by the shard's share and summed over the ranks with the loss,
-/// then the optimiser's update. A rank with an empty shard (a last batch smaller than the
-/// ranks) contributes nothing. A non-finite loss or gradient stops every rank before the update
-/// (each sees the same reduced values); any other failure aborts the group. `at` is the (epoch,
-/// batch), counted from 1, that an error names.
+/// One rank's place in a data-parallel job.
+#[derive(Clone)]
+pub struct Rank {
+    /// The collectives every rank of the job calls.
+    pub group: Arc<dyn AllReduce>,
+    /// This rank, from 0.
+    pub rank: usize,
+    /// Training-mode BatchNorms normalise with the statistics of every rank's shard together
+    /// (as one process with the whole batch) instead of their own shard's.
+    pub sync_batch_norm: bool,
+}
+
+impl std::fmt::Debug for Rank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rank")
+            .field("rank", &self.rank)
+            .field("world", &self.group.world())
+            .field("sync_batch_norm", &self.sync_batch_norm)
+            .finish()
+    }
+}
+
+impl StatsReduce for Rank {
+    fn world(&self) -> usize {
+        self.group.world()
+    }
+
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn sum(&self, data: &mut [f32]) -> candle_core::Result<()> {
+        use candle_core::Context;
+        self.group
+            .all_reduce_sum(self.rank, data)
+            .context("summing BatchNorm statistics over the ranks")
+    }
+}
+
+/// One data-parallel training step of `rank` on its `shard` of a global batch of
+/// `global_batch` images: train-mode forward, weighted BCE (plus the optimiser's penalty)
+/// scaled by the shard's share of the batch, backward, the gradients summed over the ranks with
+/// the loss, then the optimiser's update. A rank with an empty shard (a last batch smaller than
+/// the ranks) contributes nothing; with synchronised BatchNorm it still runs a stand-in image
+/// that counts for nothing, to meet the others at every BatchNorm. A non-finite loss or gradient
+/// stops every rank before the update (each sees the same reduced values); any other failure
+/// aborts the group. `at` is the (epoch, batch), counted from 1, that an error names.
 pub fn parallel_step(
     model: &Model,
     optim: &mut Optim,
     shard: &Batch,
     global_batch: usize,
-    group: &dyn AllReduce,
-    rank: usize,
+    rank: &Rank,
     at: (u64, u64),
 ) -> Result<RankStep, TrainError> {
-    let out = rank_step(model, optim, shard, global_batch, group, rank, at);
+    let out = rank_step(model, optim, shard, global_batch, rank, at).map_err(unwrap_parallel);
     if let Err(e) = &out {
-        group.abort(&format!("rank {rank}: {e}"));
+        rank.group.abort(&format!("rank {}: {e}", rank.rank));
     }
     out
+}
+
+/// A collective's own error, when it reached the step through a candle op (a synchronised
+/// BatchNorm's reduction), so that it reads as the group's.
+fn unwrap_parallel(e: TrainError) -> TrainError {
+    fn find(e: &candle_core::Error) -> Option<&TrainError> {
+        match e {
+            candle_core::Error::WithBacktrace { inner, .. }
+            | candle_core::Error::Context { inner, .. } => find(inner),
+            candle_core::Error::WrappedContext { wrapped, .. } => wrapped.downcast_ref(),
+            _ => None,
+        }
+    }
+    match &e {
+        TrainError::Candle(c) => match find(c) {
+            Some(TrainError::Parallel { reason }) => TrainError::Parallel {
+                reason: reason.clone(),
+            },
+            _ => e,
+        },
+        _ => e,
+    }
+}
+
+/// The local gradients (`None` for a rank without images), the share-scaled loss and the
+/// probabilities of one rank's shard.
+type Local = (Option<GradStore>, Tensor, Option<Tensor>);
+
+fn local_pass(
+    model: &Model,
+    optim: &Optim,
+    shard: &Batch,
+    share: f64,
+    rank: &Rank,
+    dev: &candle_core::Device,
+) -> Result<Local, TrainError> {
+    let idle = shard.indices.is_empty();
+    if idle && !rank.sync_batch_norm {
+        return Ok((None, Tensor::zeros(1, DType::F32, dev)?, None));
+    }
+    let stand_in;
+    let batch = if idle {
+        let (_, rest) = shard.x.dims().split_first().unwrap_or((&0, &[]));
+        let x_shape: Vec<usize> = std::iter::once(1).chain(rest.iter().copied()).collect();
+        let (_, y_rest) = shard.y.dims().split_first().unwrap_or((&0, &[]));
+        let y_shape: Vec<usize> = std::iter::once(1).chain(y_rest.iter().copied()).collect();
+        stand_in = Batch {
+            x: Tensor::zeros(x_shape, shard.x.dtype(), shard.x.device())?,
+            y: Tensor::zeros(y_shape.clone(), shard.y.dtype(), shard.y.device())?,
+            w: Tensor::zeros(y_shape, shard.w.dtype(), shard.w.device())?,
+            indices: Vec::new(),
+            features: shard.features,
+        };
+        &stand_in
+    } else {
+        shard
+    };
+    let sync = rank
+        .sync_batch_norm
+        .then(|| SyncBatchNorm::new(Arc::new(rank.clone()), !idle));
+    with_sync_batch_norm(sync, || {
+        let logits = batch.logits(model, true)?;
+        let loss = optim.regularize(bce_with_logits(&logits, &batch.y, Some(&batch.w))?)?;
+        // Scaled before the backward: a synchronised BatchNorm sums the ranks' gradients of its
+        // statistics, which must be those of the one loss of the whole batch. By a tensor, not a
+        // scalar: candle's backward drops the inputs of a product with the scalar 0 (a stand-in's
+        // share), and the stand-in must meet the others in its backward's reductions.
+        let loss = loss.broadcast_mul(&Tensor::new(share as f32, dev)?.to_dtype(loss.dtype())?)?;
+        let grads = loss.backward()?;
+        let probs = candle_nn::ops::sigmoid(&logits.narrow(1, 0, 1)?.detach())?.flatten_all()?;
+        Ok((
+            Some(grads),
+            loss.detach().reshape(1)?,
+            (!idle).then_some(probs),
+        ))
+    })
 }
 
 fn rank_step(
@@ -119,8 +237,7 @@ fn rank_step(
     optim: &mut Optim,
     shard: &Batch,
     global_batch: usize,
-    group: &dyn AllReduce,
-    rank: usize,
+    rank: &Rank,
     at: (u64, u64),
 ) -> Result<RankStep, TrainError> {
     let share = shard.indices.len() as f64 / global_batch.max(1) as f64;
@@ -133,35 +250,26 @@ fn rank_step(
             });
         }
     };
-    // The local gradients (`None` for an empty shard), the loss and the probabilities.
-    let (grads, loss, probs) = if shard.indices.is_empty() {
-        (None, Tensor::zeros(1, DType::F32, &dev)?, None)
-    } else {
-        let logits = shard.logits(model, true)?;
-        let loss = optim.regularize(bce_with_logits(&logits, &shard.y, Some(&shard.w))?)?;
-        let grads = loss.backward()?;
-        let probs = candle_nn::ops::sigmoid(&logits.narrow(1, 0, 1)?.detach())?.flatten_all()?;
-        (Some(grads), loss.detach().reshape(1)?, Some(probs))
-    };
-    // One buffer: every variable's scaled gradient (zeros where it has none), one presence flag
-    // per variable, the scaled loss; then this rank's probabilities, which are not reduced.
+    let (grads, loss, probs) = local_pass(model, optim, shard, share, rank, &dev)?;
+    // One buffer: every variable's gradient (zeros where it has none), one presence flag per
+    // variable, the loss; then this rank's probabilities, which are not reduced.
     let mut parts = Vec::with_capacity(vars.len() + 3);
     let mut present = Vec::with_capacity(vars.len());
     for (_, v) in vars {
         let g = grads.as_ref().and_then(|g| g.get(v.as_tensor()));
         present.push(if g.is_some() { 1f32 } else { 0. });
         parts.push(match g {
-            Some(g) => (g.to_dtype(DType::F32)? * share)?,
+            Some(g) => g.to_dtype(DType::F32)?,
             None => Tensor::zeros(v.shape(), DType::F32, &dev)?,
         });
     }
     parts.push(Tensor::from_slice(&present, vars.len(), &dev)?);
-    parts.push((loss.to_dtype(DType::F32)? * share)?);
+    parts.push(loss.to_dtype(DType::F32)?);
     let n_probs = probs.as_ref().map_or(0, Tensor::elem_count);
     parts.extend(probs);
     let mut flat = flatten(&parts)?;
     let probabilities = flat.split_off(flat.len() - n_probs);
-    group.all_reduce_sum(rank, &mut flat)?;
+    rank.group.all_reduce_sum(rank.rank, &mut flat)?;
     let loss = f64::from(flat.pop().unwrap_or(f32::NAN));
     let non_finite = |what: String, value: f64| TrainError::NonFinite {
         what,

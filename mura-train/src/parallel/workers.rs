@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use mura_models::Model;
 use mura_models::checkpoint;
 
-use super::{RankStep, ThreadGroup, parallel_step, shard};
+use super::{AllReduce, Rank, RankStep, ThreadGroup, parallel_step, shard};
 use crate::TrainError;
 use crate::config::RunConfig;
 use crate::epoch::{Batch, step_seed};
@@ -65,6 +65,8 @@ pub fn rank_device(spec: &str, rank: usize) -> Result<Device, TrainError> {
 /// Ranks 1..`world` of a data-parallel run, as threads.
 pub struct Workers {
     group: Arc<ThreadGroup>,
+    /// Rank 0's place in the job.
+    rank0: Rank,
     jobs: Vec<Sender<Job>>,
     replies: Vec<Receiver<Reply>>,
     handles: Vec<JoinHandle<()>>,
@@ -86,14 +88,23 @@ impl Workers {
             return Ok(None);
         }
         let group = Arc::new(ThreadGroup::new(world)?);
+        let sync_batch_norm = config
+            .train
+            .data_parallel
+            .is_some_and(|d| d.sync_batch_norm);
+        let place = |rank| Rank {
+            group: Arc::clone(&group) as Arc<dyn AllReduce>,
+            rank,
+            sync_batch_norm,
+        };
         let (mut jobs, mut replies, mut handles) = (vec![], vec![], vec![]);
         for rank in 1..world {
             let (job_tx, job_rx) = channel();
             let (reply_tx, reply_rx) = channel();
-            let (config, group) = (config.clone(), Arc::clone(&group));
+            let (config, group, me) = (config.clone(), Arc::clone(&group), place(rank));
             let handle = std::thread::Builder::new()
                 .name(format!("mura-rank-{rank}"))
-                .spawn(move || serve(&config, rank, &group, &job_rx, &reply_tx))
+                .spawn(move || serve(&config, &me, &group, &job_rx, &reply_tx))
                 .map_err(|e| TrainError::Parallel {
                     reason: format!("cannot start rank {rank}: {e}"),
                 })?;
@@ -102,6 +113,7 @@ impl Workers {
             handles.push(handle);
         }
         Ok(Some(Self {
+            rank0: place(0),
             group,
             jobs,
             replies,
@@ -153,7 +165,7 @@ impl Workers {
         }
         model.set_seed(one_process_seed);
         let mine = shard(batch, 0, world)?;
-        let own = parallel_step(model, optim, &mine, n, self.group.as_ref(), 0, at);
+        let own = parallel_step(model, optim, &mine, n, &self.rank0, at);
         let failed = match (own, self.collect()) {
             (Ok(own), Ok(theirs)) => {
                 let mut probabilities = own.probabilities;
@@ -232,11 +244,12 @@ impl Drop for AbortOnPanic<'_> {
 /// A worker's life: build the replica, then answer jobs until rank 0 hangs up or a job fails.
 fn serve(
     config: &RunConfig,
-    rank: usize,
+    me: &Rank,
     group: &ThreadGroup,
     jobs: &Receiver<Job>,
     replies: &Sender<Reply>,
 ) {
+    let rank = me.rank;
     let _guard = AbortOnPanic(group, rank);
     let built =
         rank_device(&config.device, rank).and_then(|dev| Ok((Session::new(config, &dev)?, dev)));
@@ -261,7 +274,7 @@ fn serve(
                 at,
             } => on_device(&shard, &dev).and_then(|b| {
                 s.model.set_seed(seed);
-                let out = parallel_step(&s.model, &mut s.optim, &b, global, group, rank, at)?;
+                let out = parallel_step(&s.model, &mut s.optim, &b, global, me, at)?;
                 Ok(out.probabilities)
             }),
         };
