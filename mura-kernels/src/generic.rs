@@ -234,15 +234,31 @@ mod tests {
     use crate::testing::uniform;
     use crate::with_generic;
 
+    /// The device the generic paths are checked on: the CPU, or the GPU that
+    /// `MURA_TEST_DEVICE=cuda:N` names (a CUDA build on a GPU machine, `tools/gpu-check.sh`).
+    fn checked_device() -> Device {
+        match std::env::var("MURA_TEST_DEVICE") {
+            Ok(spec) if spec.starts_with("cuda") => {
+                let n = spec.strip_prefix("cuda:").map_or(0, |n| n.parse().unwrap());
+                Device::new_cuda(n).unwrap()
+            }
+            _ => Device::Cpu,
+        }
+    }
+
     /// The forward and the gradients of every input under the CPU kernels and the generic
-    /// path, for `f` of the variables, with `dy` weighting the output.
+    /// path (on [`checked_device`]), for `f` of the variables, with `dy` weighting the output.
     fn both_ways(
         shapes: &[&[usize]],
         (seed, coarse): (u64, bool),
         f: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>,
     ) -> [(Vec<f32>, Vec<Vec<f32>>); 2] {
-        let dev = Device::Cpu;
         let run = |generic: bool| {
+            let dev = if generic {
+                checked_device()
+            } else {
+                Device::Cpu
+            };
             with_generic(generic, || {
                 let vars: Vec<Var> = shapes
                     .iter()

@@ -213,7 +213,7 @@ impl<'a> Epochs<'a> {
             true => Some(EventWriter::create(&dir.join(tensorboard::DIR))?),
             false => None,
         };
-        let workers = Workers::start(config, config.train.ranks())?;
+        let workers = Workers::start(config, config.train.ranks(), &dev)?;
         Ok(Self {
             config,
             dir,

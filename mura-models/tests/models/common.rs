@@ -99,3 +99,15 @@ pub fn alternating_targets(n: usize, c: usize, dev: &Device) -> Tensor {
     let v: Vec<f32> = (0..n * c).map(|k| ((k / c + k % c) % 2) as f32).collect();
     Tensor::from_vec(v, (n, c), dev).unwrap()
 }
+
+/// The device a test runs on: the CPU, unless the generic paths are forced and
+/// `MURA_TEST_DEVICE=cuda:N` names a GPU (a CUDA build on a GPU machine, `tools/gpu-check.sh`).
+pub fn checked_device() -> Device {
+    match std::env::var("MURA_TEST_DEVICE") {
+        Ok(spec) if spec.starts_with("cuda") && mura_kernels::generic_forced() => {
+            let n = spec.strip_prefix("cuda:").map_or(0, |n| n.parse().unwrap());
+            Device::new_cuda(n).unwrap()
+        }
+        _ => Device::Cpu,
+    }
+}

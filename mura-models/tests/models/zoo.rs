@@ -16,7 +16,8 @@ use mura_models::{
 use serde::Deserialize;
 
 use crate::common::{
-    alternating_targets, bce_with_logits, det_tensor, fill_deterministic, max_rel_diff,
+    alternating_targets, bce_with_logits, checked_device, det_tensor, fill_deterministic,
+    max_rel_diff,
 };
 
 #[derive(Deserialize)]
@@ -115,15 +116,18 @@ fn full_size_models_declare_timms_tensors() {
     }
 }
 
+/// The PyTorch fixtures, from this crate's folder: where it was built, else the working
+/// directory (a test binary carried to another machine, `tools/gpu-check.sh`).
 fn fixtures() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/zoo_torch.safetensors"
-        ),
-        &Device::Cpu,
-    )
-    .unwrap()
+    let built = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/zoo_torch.safetensors"
+    );
+    let path = match std::path::Path::new(built).exists() {
+        true => built,
+        false => "tests/fixtures/zoo_torch.safetensors",
+    };
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
 /// Forward tolerance: 1e-4 of the largest output magnitude (f32 sums in a different order).
@@ -168,7 +172,7 @@ fn reduced_networks_match_timm_on_the_generic_paths() {
 
 fn reduced_networks() {
     let fx = fixtures();
-    let dev = Device::Cpu;
+    let dev = checked_device();
     struct Case {
         name: &'static str,
         in_seed: u64,

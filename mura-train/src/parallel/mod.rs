@@ -4,10 +4,13 @@
 //! loss) before every rank applies the same update. Replicas that start equal stay equal.
 //!
 //! [`ThreadGroup`] is the in-process all-reduce (ranks as threads of one process, summing in rank
-//! order, so the result is the same bits on every rank and every run); a multi-GPU one implements
-//! the same trait over NCCL. [`Workers`] runs ranks 1.. of a `fit` as threads beside rank 0.
+//! order, so the result is the same bits on every rank and every run); `NcclGroup` (the `nccl`
+//! feature) reduces GPU memory over NCCL. [`Workers`] runs ranks 1.. of a `fit` as threads beside
+//! rank 0.
 
 mod group;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod workers;
 
 use std::sync::Arc;
@@ -18,6 +21,8 @@ use mura_kernels::{StatsReduce, SyncBatchNorm, with_sync_batch_norm};
 use mura_models::Model;
 
 pub use group::ThreadGroup;
+#[cfg(feature = "nccl")]
+pub use nccl::NcclGroup;
 pub use workers::Workers;
 
 use crate::TrainError;
@@ -37,6 +42,13 @@ pub trait AllReduce: Send + Sync {
     /// Called by a rank that failed: the others' collectives end with an error naming `reason`
     /// instead of waiting for it.
     fn abort(&self, reason: &str);
+    /// The element-wise sum over the ranks of the f32 tensor `t`, on `t`'s device. Through host
+    /// memory unless the group reduces device memory itself (NCCL).
+    fn all_reduce_tensor(&self, rank: usize, t: &Tensor) -> Result<Tensor, TrainError> {
+        let mut data = t.flatten_all()?.to_vec1::<f32>()?;
+        self.all_reduce_sum(rank, &mut data)?;
+        Ok(Tensor::from_vec(data, t.shape(), t.device())?)
+    }
 }
 
 /// The values of `tensors`, one after another, as f32, in one read-back.
@@ -264,12 +276,18 @@ fn rank_step(
         });
     }
     parts.push(Tensor::from_slice(&present, vars.len(), &dev)?);
-    parts.push(loss.to_dtype(DType::F32)?);
+    parts.push(loss.to_dtype(DType::F32)?.reshape(1)?);
+    let parts = parts
+        .iter()
+        .map(Tensor::flatten_all)
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let reduced = rank
+        .group
+        .all_reduce_tensor(rank.rank, &Tensor::cat(&parts, 0)?)?;
+    // One read-back: the reduced buffer and this rank's probabilities.
     let n_probs = probs.as_ref().map_or(0, Tensor::elem_count);
-    parts.extend(probs);
-    let mut flat = flatten(&parts)?;
+    let mut flat = flatten(&[vec![reduced], probs.into_iter().collect()].concat())?;
     let probabilities = flat.split_off(flat.len() - n_probs);
-    rank.group.all_reduce_sum(rank.rank, &mut flat)?;
     let loss = f64::from(flat.pop().unwrap_or(f32::NAN));
     let non_finite = |what: String, value: f64| TrainError::NonFinite {
         what,

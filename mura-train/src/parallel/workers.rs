@@ -64,7 +64,7 @@ pub fn rank_device(spec: &str, rank: usize) -> Result<Device, TrainError> {
 
 /// Ranks 1..`world` of a data-parallel run, as threads.
 pub struct Workers {
-    group: Arc<ThreadGroup>,
+    group: Arc<dyn AllReduce>,
     /// Rank 0's place in the job.
     rank0: Rank,
     jobs: Vec<Sender<Job>>,
@@ -81,30 +81,38 @@ impl std::fmt::Debug for Workers {
 }
 
 impl Workers {
-    /// Starts ranks 1..`world` of `config`, each building its replica on its device; none when
-    /// `world` is 1.
-    pub fn start(config: &RunConfig, world: usize) -> Result<Option<Self>, TrainError> {
+    /// Starts ranks 1..`world` of `config` beside rank 0 on `dev`, each building its replica on
+    /// its device; none when `world` is 1.
+    pub fn start(
+        config: &RunConfig,
+        world: usize,
+        dev: &Device,
+    ) -> Result<Option<Self>, TrainError> {
         if world <= 1 {
             return Ok(None);
         }
-        let group = Arc::new(ThreadGroup::new(world)?);
+        let mut devices = vec![dev.clone()];
+        for rank in 1..world {
+            devices.push(rank_device(&config.device, rank)?);
+        }
+        let group = group_for(&devices)?;
         let sync_batch_norm = config
             .train
             .data_parallel
             .is_some_and(|d| d.sync_batch_norm);
         let place = |rank| Rank {
-            group: Arc::clone(&group) as Arc<dyn AllReduce>,
+            group: Arc::clone(&group),
             rank,
             sync_batch_norm,
         };
         let (mut jobs, mut replies, mut handles) = (vec![], vec![], vec![]);
-        for rank in 1..world {
+        for (rank, dev) in devices.into_iter().enumerate().skip(1) {
             let (job_tx, job_rx) = channel();
             let (reply_tx, reply_rx) = channel();
-            let (config, group, me) = (config.clone(), Arc::clone(&group), place(rank));
+            let (config, me) = (config.clone(), place(rank));
             let handle = std::thread::Builder::new()
                 .name(format!("mura-rank-{rank}"))
-                .spawn(move || serve(&config, &me, &group, &job_rx, &reply_tx))
+                .spawn(move || serve(&config, &me, dev, &job_rx, &reply_tx))
                 .map_err(|e| TrainError::Parallel {
                     reason: format!("cannot start rank {rank}: {e}"),
                 })?;
@@ -230,8 +238,18 @@ impl Drop for Workers {
     }
 }
 
+/// The collectives of ranks on `devices`: NCCL when every rank is on a GPU and the build has
+/// the `nccl` feature, else the ranks meet in host memory.
+fn group_for(devices: &[Device]) -> Result<Arc<dyn AllReduce>, TrainError> {
+    #[cfg(feature = "nccl")]
+    if devices.iter().all(Device::is_cuda) {
+        return Ok(Arc::new(super::nccl::NcclGroup::new(devices)?));
+    }
+    Ok(Arc::new(ThreadGroup::new(devices.len())?))
+}
+
 /// Aborts the group if the worker's thread unwinds, so rank 0 is not left waiting.
-struct AbortOnPanic<'a>(&'a ThreadGroup, usize);
+struct AbortOnPanic<'a>(&'a dyn AllReduce, usize);
 
 impl Drop for AbortOnPanic<'_> {
     fn drop(&mut self) {
@@ -245,16 +263,14 @@ impl Drop for AbortOnPanic<'_> {
 fn serve(
     config: &RunConfig,
     me: &Rank,
-    group: &ThreadGroup,
+    dev: Device,
     jobs: &Receiver<Job>,
     replies: &Sender<Reply>,
 ) {
-    let rank = me.rank;
+    let (rank, group) = (me.rank, me.group.as_ref());
     let _guard = AbortOnPanic(group, rank);
-    let built =
-        rank_device(&config.device, rank).and_then(|dev| Ok((Session::new(config, &dev)?, dev)));
-    let (mut s, dev) = match built {
-        Ok(b) => b,
+    let mut s = match Session::new(config, &dev) {
+        Ok(s) => s,
         Err(e) => {
             group.abort(&format!("rank {rank}: {e}"));
             // Answer the first job with the cause, then stop.
@@ -371,7 +387,7 @@ mod tests {
     #[test]
     fn workers_step_with_rank_zero_and_return_the_batch_in_order() {
         let c = small(4);
-        let w = Workers::start(&c, 3)
+        let w = Workers::start(&c, 3, &Device::Cpu)
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("3 ranks start workers"));
         assert_eq!(w.world(), 3);
@@ -383,7 +399,7 @@ mod tests {
         assert_eq!(out.probabilities.len(), 5);
         assert!(out.loss.is_finite());
         assert!(
-            Workers::start(&c, 1)
+            Workers::start(&c, 1, &Device::Cpu)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .is_none()
         );
@@ -392,7 +408,7 @@ mod tests {
     #[test]
     fn a_rank_that_fails_ends_the_run_with_its_error_instead_of_a_hang() {
         // The workers build 4-filter replicas; rank 0's has 8: mirroring fails on rank 1.
-        let w = Workers::start(&small(4), 2)
+        let w = Workers::start(&small(4), 2, &Device::Cpu)
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("2 ranks start a worker"));
         let mut s = Session::new(&small(8), &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));

@@ -5,5 +5,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod runs;
 mod steps;
