@@ -43,6 +43,8 @@ pub struct ModelBench {
     pub iters: usize,
     /// `cpu` or `cuda:N`.
     pub device: String,
+    /// TF32 f32 products on a GPU (the peer turns them on).
+    pub tf32: bool,
 }
 
 /// A model benchmark's result (the peer's JSON fields).
@@ -62,6 +64,8 @@ pub struct BenchResult {
     pub peak_rss_mb: Option<f64>,
     /// The kernels that ran: `cpu` (this crate's), `generic` (candle's ops on the CPU) or `cuda`.
     pub kernels: &'static str,
+    /// Whether f32 products could use TF32 (GPUs only; always false on the CPU).
+    pub tf32: bool,
 }
 
 /// The process's peak resident set size in MB (`VmHWM`; Linux only).
@@ -99,6 +103,7 @@ pub fn bench_model(b: &ModelBench) -> Result<BenchResult, TrainError> {
         a => a.default_input_size(),
     });
     let dev = crate::run::device(&b.device)?;
+    crate::run::set_tf32(b.tf32);
     let config = ModelConfig {
         in_channels: 3,
         input_size: Some(size),
@@ -152,6 +157,7 @@ pub fn bench_model(b: &ModelBench) -> Result<BenchResult, TrainError> {
         seconds_per_step: sec,
         peak_rss_mb: peak_rss_mb(),
         kernels: mura_kernels::Kernels::for_device(&dev, DType::F32).name(),
+        tf32: dev.is_cuda() && candle_core::cuda::gemm_reduced_precision_f32(),
     })
 }
 
@@ -169,6 +175,7 @@ mod tests {
             image_size: Some(64),
             iters: 1,
             device: "cpu".into(),
+            tf32: true,
         })
         .unwrap();
         assert_eq!((r.batch, r.image_size), (2, 64));
@@ -183,6 +190,7 @@ mod tests {
                 image_size: Some(64),
                 iters: 1,
                 device: "cpu".into(),
+                tf32: true,
             }
         };
         assert!(bench_model(&bad).is_err());

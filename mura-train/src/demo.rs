@@ -187,6 +187,7 @@ mod tests {
             name: Some("demo".into()),
             seed: 7,
             device: "cpu".into(),
+            tf32: true,
             data: DataConfig {
                 class_weights: ClassWeighting::Balanced,
                 resize: mura_augment::ResizeMode::Stretch,

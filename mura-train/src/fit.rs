@@ -109,6 +109,7 @@ pub fn fit(
     let started = Instant::now();
     config.check()?;
     let dev = device(&config.device)?;
+    crate::run::set_tf32(config.tf32);
     let _lock = RunLock::acquire(dir)?;
     // Under the run's lock no other process can be writing these.
     mura_data::remove_stale_temporaries(dir);

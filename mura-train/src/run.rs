@@ -47,6 +47,12 @@ pub(crate) const STREAM_SPLIT: u64 = 1;
 const STREAM_LOADER: u64 = 2;
 const STREAM_AUGMENT: u64 = 3;
 
+/// Lets (or forbids) candle's f32 matrix products on NVIDIA GPUs use TF32 tensor cores, for the
+/// whole process (`RunConfig::tf32`). No effect on the CPU.
+pub fn set_tf32(on: bool) {
+    candle_core::cuda::set_gemm_reduced_precision_f32(on)
+}
+
 /// Parses `cpu`, `cuda` or `cuda:N`.
 pub fn device(spec: &str) -> Result<Device, TrainError> {
     let bad = |reason: String| TrainError::Device {
@@ -397,6 +403,21 @@ mod tests {
     use super::*;
     use crate::config::EarlyStoppingSettings;
     use crate::policy::Monitor;
+
+    #[test]
+    fn tf32_is_on_by_default_and_follows_the_setting() {
+        let toml = "[data]\nroot = \"d\"\n[model]\narch = \"custom-cnn\"\n";
+        let on: RunConfig = toml::from_str(toml).unwrap();
+        assert!(on.tf32);
+        let off: RunConfig = toml::from_str(&format!("tf32 = false\n{toml}")).unwrap();
+        assert!(!off.tf32);
+        if cfg!(feature = "cuda") {
+            set_tf32(false);
+            assert!(!candle_core::cuda::gemm_reduced_precision_f32());
+            set_tf32(true);
+            assert!(candle_core::cuda::gemm_reduced_precision_f32());
+        }
+    }
 
     #[test]
     fn final_weights_follow_restore_best() {

@@ -123,6 +123,7 @@ impl TrainedRun {
         check_run_dir(dir)?;
         let config = RunConfig::load(&dir.join(files::CONFIG))?;
         let dev = device(device_spec.unwrap_or(&config.device))?;
+        crate::run::set_tf32(config.tf32);
         let (model, varmap) = Model::with_seed(&config.model, config.seed, &dev)?;
         let path = dir.join(weights.file(&config));
         if !path.exists() {

@@ -127,6 +127,9 @@ pub struct BenchModelArgs {
     /// `cpu` or `cuda:N` (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Full f32 products on a GPU instead of TF32 (the peer's default is TF32).
+    #[arg(long)]
+    pub no_tf32: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

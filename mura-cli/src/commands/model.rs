@@ -122,6 +122,7 @@ pub fn bench_model(a: &BenchModelArgs) -> Result<()> {
         image_size: a.image_size,
         iters: a.iters,
         device: a.device.clone(),
+        tf32: !a.no_tf32,
     })?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);

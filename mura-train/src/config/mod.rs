@@ -29,6 +29,11 @@ pub struct RunConfig {
     /// `cpu` or `cuda:N` (CUDA needs the `cuda` cargo feature).
     #[serde(default = "cpu")]
     pub device: String,
+    /// f32 matrix products on NVIDIA GPUs (Ampere and newer) in TF32, as PyTorch's
+    /// `allow_tf32`: several times the f32 throughput, 10-bit mantissas in the products' inputs,
+    /// f32 sums. No effect on the CPU.
+    #[serde(default = "yes")]
+    pub tf32: bool,
     pub data: DataConfig,
     pub model: ModelConfig,
     #[serde(default)]

@@ -67,6 +67,7 @@ impl RunConfig {
             name: None,
             seed: 0,
             device: "cpu".into(),
+            tf32: true,
             data: DataConfig::new(None),
             model: ModelConfig::new(arch),
             pretrained: None,

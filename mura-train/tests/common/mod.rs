@@ -45,6 +45,7 @@ pub fn sized(name: &str, epochs: u32, size: usize) -> RunConfig {
         name: Some(name.into()),
         seed: 11,
         device: "cpu".into(),
+        tf32: true,
         data: DataConfig {
             class_weights: ClassWeighting::Balanced,
             resize: mura_augment::ResizeMode::Stretch,
