@@ -10,6 +10,8 @@ mod common;
 mod contract;
 #[path = "models/gradcheck.rs"]
 mod gradcheck;
+#[path = "models/sync_bn.rs"]
+mod sync_bn;
 #[path = "models/zoo.rs"]
 mod zoo;
 
