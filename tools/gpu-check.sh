@@ -29,7 +29,7 @@ prepare() {
   source "${CUDA_VENV:-.venv-cuda}/cuda-env.sh"
   cargo build --release -p mura-cli --features "$features"
   local qualified
-  qualified=$(echo "$features" | sed 's/[^,]*/mura-cli\/&/g')
+  qualified=$(echo "$features" | sed 's/[^,]*/mura-train\/&/g')
   rm -rf "$pack" && mkdir -p "$pack/bin"
   cargo test --release --no-run --message-format=json \
     -p mura-kernels -p mura-models -p mura-train --features "$qualified" \
@@ -47,12 +47,28 @@ for line in sys.stdin:
         shutil.copy(m["executable"], "'"$pack"'/bin/" + name)
 '
   cp "${CARGO_TARGET_DIR:-target}/release/mura" "$pack/bin/mura"
+  # Without their symbols the binaries travel lighter (the CUDA kernels' PTX stays inside).
+  command -v strip >/dev/null && strip "$pack"/bin/*
   ls -la "$pack/bin"
   echo "gpu-check/ ready: copy it with the repository to the GPU machine and run: bash tools/gpu-check.sh run"
 }
 
+# Runs a step of the check, noting a failure and going on to the next.
+failed=()
+step() {
+  local what="$1"
+  shift
+  if ! "$@"; then
+    echo "FAILED: $what"
+    failed+=("$what")
+  fi
+}
+
 run() {
   local out="${OUT:-$pack/out}" bin="$pack/bin" iters="${ITERS:-5}"
+  # The PyTorch peer: ../shared beside the checkout, or a copy carried inside it.
+  local peer="${PEER:-../shared/peers/models.py}"
+  [ -f "$peer" ] || peer=shared/peers/models.py
   mkdir -p "$out"
   exec > >(tee "$out/gpu-check.md") 2>&1
   echo "# GPU check $(date -u +%FT%TZ)"
@@ -60,21 +76,21 @@ run() {
   echo
   echo "## Ops and the zoo on cuda:0 against the CPU (tolerances as on the CPU)"
   # The test binaries find their fixtures beside the crate, as cargo test runs them.
-  (cd mura-kernels && MURA_TEST_DEVICE=cuda:0 "../$bin/kernels" generic:: -q)
-  (cd mura-models && MURA_TEST_DEVICE=cuda:0 "../$bin/models" on_the_generic_paths -q)
-  (cd mura-train && "../$bin/parallel" nccl --ignored -q)
+  step "ops on cuda:0" bash -o pipefail -c "cd mura-kernels && MURA_TEST_DEVICE=cuda:0 ../$bin/kernels generic:: -q"
+  step "zoo on cuda:0" bash -o pipefail -c "cd mura-models && MURA_TEST_DEVICE=cuda:0 ../$bin/models generic_path -q"
+  step "NCCL" bash -o pipefail -c "cd mura-train && ../$bin/parallel nccl --ignored -q"
   echo
   echo "## The demo's recipe, CPU and cuda:0, same data"
   local work="$out/demo"
   rm -rf "$work"
-  "$bin/mura" demo --out "$work" --quiet | tail -n 4
-  "$bin/mura" train --config configs/demo.toml --data "$work/data" --device cuda:0 \
-    --out "$work" --name gpu --quiet >/dev/null
-  "$bin/mura" evaluate "$work/gpu" --bootstrap 0 | tail -n 6
+  step "demo on the CPU" bash -o pipefail -c "$bin/mura demo --out $work --quiet | tail -n 4"
+  step "demo recipe on cuda:0" "$bin/mura" train --config configs/demo.toml --data "$work/data" \
+    --device cuda:0 --out "$work" --name gpu --quiet
+  step "evaluate the cuda:0 run" bash -o pipefail -c "$bin/mura evaluate $work/gpu --bootstrap 0 | tail -n 6"
   echo
   echo "## Bench: images/s on cuda:0 (mura / PyTorch eager)"
   local torch=0
-  python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && torch=1
+  [ -f "$peer" ] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && torch=1
   echo "| model | mode | batch | mura | PyTorch | ratio |"
   echo "|---|---|---|---|---|---|"
   for arch in densenet121 densenet169 resnet50 inception_v3; do
@@ -82,16 +98,24 @@ run() {
       for batch in 32 64; do
         local ours theirs="" ratio=""
         ours=$("$bin/mura" bench model "$arch" --device cuda:0 --mode "$mode" --batch "$batch" \
-          --iters "$iters" --json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["images_per_sec"], 1))')
+          --iters "$iters" --json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["images_per_sec"], 1))') \
+          || { ours=failed; failed+=("bench $arch $mode $batch"); }
         if [ "$torch" = 1 ]; then
-          theirs=$(python3 ../shared/peers/models.py "$arch" --device cuda --mode "$mode" \
-            --batch "$batch" --iters "$iters" --json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["images_per_sec"], 1))')
-          ratio=$(python3 -c "print(f'{$ours / $theirs:.2f}×')")
+          theirs=$(python3 "$peer" "$arch" --device cuda --mode "$mode" \
+            --batch "$batch" --iters "$iters" --json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["images_per_sec"], 1))') \
+            || theirs=failed
+          ratio=$(python3 -c "print(f'{$ours / $theirs:.2f}×')" 2>/dev/null || true)
         fi
         echo "| $arch | $mode | $batch | $ours | ${theirs:-no PyTorch} | $ratio |"
       done
     done
   done
+  echo
+  if [ "${#failed[@]}" -gt 0 ]; then
+    echo "Failed: ${failed[*]}"
+    return 1
+  fi
+  echo "Every step passed."
 }
 
 case "${1:-}" in

@@ -47,8 +47,8 @@ pub(crate) const STREAM_SPLIT: u64 = 1;
 const STREAM_LOADER: u64 = 2;
 const STREAM_AUGMENT: u64 = 3;
 
-/// Lets (or forbids) candle's f32 matrix products on NVIDIA GPUs use TF32 tensor cores, for the
-/// whole process (`RunConfig::tf32`). No effect on the CPU.
+/// Lets (or forbids) candle's f32 matrix products and cuDNN convolutions on NVIDIA GPUs use TF32
+/// tensor cores, for the whole process (`RunConfig::tf32`). No effect on the CPU.
 pub fn set_tf32(on: bool) {
     candle_core::cuda::set_gemm_reduced_precision_f32(on)
 }
@@ -68,7 +68,10 @@ pub fn device(spec: &str) -> Result<Device, TrainError> {
                 .transpose()
                 .map_err(|_| bad("the device number must be a whole number".into()))?
                 .unwrap_or(0);
-            Device::new_cuda(n).map_err(|e| {
+            // A stream of its own (not CUDA's per-thread default stream): the ranks of a
+            // data-parallel run read rank 0's tensors from other threads, and NCCL's
+            // communicators are built on the devices' streams.
+            Device::new_cuda_with_stream(n).map_err(|e| {
                 bad(if cfg!(feature = "cuda") {
                     e.to_string()
                 } else {

@@ -54,10 +54,16 @@ thread_local! {
 /// with `None`), restoring the previous setting afterwards. A backward keeps the setting its
 /// forward ran under.
 pub fn with_sync_batch_norm<R>(sync: Option<SyncBatchNorm>, f: impl FnOnce() -> R) -> R {
-    let before = SYNC.with(|s| s.replace(sync));
-    let out = f();
-    SYNC.with(|s| *s.borrow_mut() = before);
-    out
+    /// Puts the previous setting back, also when `f` panics.
+    struct Restore(Option<SyncBatchNorm>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let before = self.0.take();
+            SYNC.with(|s| *s.borrow_mut() = before);
+        }
+    }
+    let _restore = Restore(SYNC.with(|s| s.replace(sync)));
+    f()
 }
 
 /// The synchronisation this thread's training-mode BatchNorms run under, if any.

@@ -29,9 +29,9 @@ pub struct RunConfig {
     /// `cpu` or `cuda:N` (CUDA needs the `cuda` cargo feature).
     #[serde(default = "cpu")]
     pub device: String,
-    /// f32 matrix products on NVIDIA GPUs (Ampere and newer) in TF32, as PyTorch's
-    /// `allow_tf32`: several times the f32 throughput, 10-bit mantissas in the products' inputs,
-    /// f32 sums. No effect on the CPU.
+    /// f32 matrix products and cuDNN convolutions on NVIDIA GPUs (Ampere and newer) in TF32,
+    /// as PyTorch with `allow_tf32` on: several times the f32 throughput, 10-bit mantissas in the
+    /// products' inputs, f32 sums. No effect on the CPU.
     #[serde(default = "yes")]
     pub tf32: bool,
     pub data: DataConfig,
@@ -451,6 +451,14 @@ impl RunConfig {
                 "train.data_parallel.ranks must be from 1 to train.batch_size ({}), got {}",
                 t.batch_size, d.ranks
             ));
+        }
+        if let Some(d) = t.data_parallel
+            && d.sync_batch_norm
+            && d.ranks < 2
+        {
+            return bad(
+                "train.data_parallel.sync_batch_norm needs more than one rank (ranks = N)".into(),
+            );
         }
         if t.checkpoint_steps == Some(0) {
             return bad("train.checkpoint_steps must be at least 1".into());

@@ -34,8 +34,8 @@ use crate::optim::Optim;
 pub trait AllReduce: Send + Sync {
     /// Number of ranks.
     fn world(&self) -> usize;
-    /// Replaces `data` on every rank with the element-wise sum of every rank's `data`, summed in
-    /// rank order. Every rank calls it, with buffers of the same length.
+    /// Replaces `data` on every rank with the element-wise sum of every rank's `data` (the same
+    /// values on every rank). Every rank calls it, with buffers of the same length.
     fn all_reduce_sum(&self, rank: usize, data: &mut [f32]) -> Result<(), TrainError>;
     /// Replaces `data` on every rank with rank `root`'s.
     fn broadcast(&self, rank: usize, root: usize, data: &mut [f32]) -> Result<(), TrainError>;

@@ -99,6 +99,17 @@ impl AllReduce for NcclGroup {
         // Every rank is here (or the group was aborted) before any enters NCCL.
         self.host.all_reduce_sum(rank, &mut [0.0])?;
         let comm = self.comm(rank)?;
+        if let Device::Cuda(d) = t.device()
+            && d.cuda_stream().context().ordinal() != comm.0.ordinal()
+        {
+            return Err(TrainError::Parallel {
+                reason: format!(
+                    "rank {rank}'s tensor is on GPU {}, its NCCL communicator on GPU {}",
+                    d.cuda_stream().context().ordinal(),
+                    comm.0.ordinal()
+                ),
+            });
+        }
         Ok(t.to_dtype(candle_core::DType::F32)?
             .contiguous()?
             .apply_op1_no_bwd(&NcclSum(&comm.0))?)

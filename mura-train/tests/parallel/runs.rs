@@ -200,4 +200,14 @@ fn ranks_beyond_the_batch_are_refused_naming_the_setting() {
         sync_batch_norm: false,
     });
     assert!(c.check().is_err());
+    // One rank has nothing to synchronise with.
+    c.train.data_parallel = Some(DataParallel {
+        ranks: 1,
+        sync_batch_norm: true,
+    });
+    let msg = c.check().unwrap_err().to_string();
+    assert!(
+        msg.contains("sync_batch_norm needs more than one rank"),
+        "{msg}"
+    );
 }

@@ -49,12 +49,17 @@ pub(crate) fn launch_conv2d<
         }
         c
     })?;
-    let conv = cudnn.create_conv2d::<Y>(
+    let mut conv = cudnn.create_conv2d::<Y>(
         /* pad */ [params.padding as i32, params.padding as i32],
         /* stride */ [params.stride as i32, params.stride as i32],
         /* dilation */ [params.dilation as i32, params.dilation as i32],
         cudarc::cudnn::sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
     )?;
+    // cuDNN's default math lets f32 convolutions run in TF32 on Ampere and newer: follow the
+    // f32 GEMMs' setting instead, so that turning TF32 off turns it off everywhere.
+    if T::DTYPE == crate::DType::F32 && !super::gemm_reduced_precision_f32() {
+        conv.set_math_type(cudarc::cudnn::sys::cudnnMathType_t::CUDNN_FMA_MATH)?;
+    }
     let x_shape = [
         params.b_size as i32,
         params.c_in as i32,
