@@ -243,11 +243,12 @@ mod tests {
 
     use crate::testing::uniform as rand_vec;
 
-    fn flat(t: &Tensor) -> Vec<f32> {
+    pub(super) fn flat(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
     }
 
-    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    /// |a − b| ≤ tol · max(1, |b|) element by element.
+    pub(super) fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
         assert_eq!(a.len(), b.len(), "{what}");
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             assert!(

@@ -211,6 +211,7 @@ mod tests {
     use std::sync::{Barrier, Mutex};
 
     use super::*;
+    use crate::norm::tests::{close, flat as v};
     use crate::testing::uniform;
 
     /// Ranks as threads of a test, summing in rank order through a shared table.
@@ -254,20 +255,6 @@ mod tests {
 
     fn alone() -> Arc<dyn StatsReduce> {
         Arc::new(Seat(table(1), 0))
-    }
-
-    fn v(t: &Tensor) -> Vec<f32> {
-        t.flatten_all().unwrap().to_vec1().unwrap()
-    }
-
-    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= tol * y.abs().max(1.0),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
     }
 
     /// Output, statistics and the gradients of x, γ and β of 2 ranks (shards of 3 and 1 images)

@@ -45,10 +45,20 @@ pub trait AllReduce: Send + Sync {
     /// The element-wise sum over the ranks of the f32 tensor `t`, on `t`'s device. Through host
     /// memory unless the group reduces device memory itself (NCCL).
     fn all_reduce_tensor(&self, rank: usize, t: &Tensor) -> Result<Tensor, TrainError> {
-        let mut data = t.flatten_all()?.to_vec1::<f32>()?;
-        self.all_reduce_sum(rank, &mut data)?;
-        Ok(Tensor::from_vec(data, t.shape(), t.device())?)
+        through_host(self, rank, t)
     }
+}
+
+/// [`AllReduce::all_reduce_tensor`] through host memory: `t` read back, summed by
+/// [`AllReduce::all_reduce_sum`], put back on its device.
+fn through_host<G: AllReduce + ?Sized>(
+    group: &G,
+    rank: usize,
+    t: &Tensor,
+) -> Result<Tensor, TrainError> {
+    let mut data = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    group.all_reduce_sum(rank, &mut data)?;
+    Ok(Tensor::from_vec(data, t.shape(), t.device())?)
 }
 
 /// The values of `tensors`, one after another, as f32, in one read-back.

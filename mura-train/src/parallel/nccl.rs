@@ -92,9 +92,7 @@ impl AllReduce for NcclGroup {
 
     fn all_reduce_tensor(&self, rank: usize, t: &Tensor) -> Result<Tensor, TrainError> {
         if !t.device().is_cuda() {
-            let mut data = t.flatten_all()?.to_vec1::<f32>()?;
-            self.all_reduce_sum(rank, &mut data)?;
-            return Ok(Tensor::from_vec(data, t.shape(), t.device())?);
+            return super::through_host(self, rank, t);
         }
         // Every rank is here (or the group was aborted) before any enters NCCL.
         self.host.all_reduce_sum(rank, &mut [0.0])?;
